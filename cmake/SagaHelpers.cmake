@@ -6,6 +6,7 @@
 add_library(saga_warnings INTERFACE)
 target_compile_options(saga_warnings INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Woverloaded-virtual
+  -Wno-missing-field-initializers
   $<$<BOOL:${SAGA_WERROR}>:-Werror>)
 
 function(saga_cc_library)

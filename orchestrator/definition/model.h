@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "orchestrator/definition/template.h"
@@ -97,7 +98,7 @@ struct Definition {
   std::shared_ptr<const google::protobuf::DescriptorPool> pool;
 
   const StepSpec* FindStep(std::string_view step_name) const {
-    auto it = step_index.find(step_name);
+    auto it = step_index.find(absl::string_view(step_name.data(), step_name.size()));
     return it == step_index.end() ? nullptr : &steps[static_cast<size_t>(it->second)];
   }
 };

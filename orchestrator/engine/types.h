@@ -88,6 +88,8 @@ struct SagaState {
   std::vector<StepState> steps;
   int64_t last_seq = 0;
   bool abort_requested = false;
+  std::string abort_reason;
+  // Why the saga is compensating or failed.
   std::string error;
 };
 
