@@ -1,0 +1,736 @@
+#include "orchestrator/api/service.h"
+
+#include <deque>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/time_util.h"
+#include "orchestrator/common/status_macros.h"
+#include "orchestrator/definition/hash.h"
+#include "orchestrator/definition/loader.h"
+
+namespace saga::api {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+bool IsHex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
+}
+
+saga::v1::SagaStatus ToProto(engine::SagaStatus s) {
+  switch (s) {
+    case engine::SagaStatus::kRunning: return saga::v1::SAGA_STATUS_RUNNING;
+    case engine::SagaStatus::kCompleted: return saga::v1::SAGA_STATUS_COMPLETED;
+    case engine::SagaStatus::kCompensating: return saga::v1::SAGA_STATUS_COMPENSATING;
+    case engine::SagaStatus::kCompensated: return saga::v1::SAGA_STATUS_COMPENSATED;
+    case engine::SagaStatus::kFailed: return saga::v1::SAGA_STATUS_FAILED;
+  }
+  return saga::v1::SAGA_STATUS_UNSPECIFIED;
+}
+
+saga::v1::StepStatus ToProto(engine::StepStatus s) {
+  switch (s) {
+    case engine::StepStatus::kPending: return saga::v1::STEP_STATUS_PENDING;
+    case engine::StepStatus::kRunning: return saga::v1::STEP_STATUS_RUNNING;
+    case engine::StepStatus::kSucceeded: return saga::v1::STEP_STATUS_SUCCEEDED;
+    case engine::StepStatus::kFailed: return saga::v1::STEP_STATUS_FAILED;
+    case engine::StepStatus::kCompensating: return saga::v1::STEP_STATUS_COMPENSATING;
+    case engine::StepStatus::kCompensated: return saga::v1::STEP_STATUS_COMPENSATED;
+    case engine::StepStatus::kCompensationFailed:
+      return saga::v1::STEP_STATUS_COMPENSATION_FAILED;
+  }
+  return saga::v1::STEP_STATUS_UNSPECIFIED;
+}
+
+// Rejects nesting deeper than kMaxJsonDepth before any recursive processing sees the text.
+bool DepthWithin(const std::string& text) {
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth) return false;
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+bool HasNul(const nlohmann::json& j) {
+  if (j.is_string()) return j.get_ref<const std::string&>().find('\0') != std::string::npos;
+  if (j.is_object()) {
+    for (const auto& [k, v] : j.items()) {
+      if (k.find('\0') != std::string::npos || HasNul(v)) return true;
+    }
+  }
+  if (j.is_array()) {
+    for (const auto& v : j) {
+      if (HasNul(v)) return true;
+    }
+  }
+  return false;
+}
+
+std::string EncodePageToken(absl::Time created, const std::string& id) {
+  return absl::WebSafeBase64Escape(absl::StrCat(absl::ToUnixMicros(created), ",", id));
+}
+
+absl::Status DecodePageToken(const std::string& token, std::pair<absl::Time, std::string>* out) {
+  std::string raw;
+  std::vector<std::string> parts;
+  int64_t micros = 0;
+  if (absl::WebSafeBase64Unescape(token, &raw)) parts = absl::StrSplit(raw, ',');
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &micros) || !ValidateSagaId(parts[1]).ok()) {
+    return absl::InvalidArgumentError("page_token is not a token returned by ListSagas");
+  }
+  *out = {absl::FromUnixMicros(micros), parts[1]};
+  return absl::OkStatus();
+}
+
+void FillDefinitionInfo(const store::DefinitionRecord& record, saga::v1::DefinitionInfo* out) {
+  out->set_name(record.name);
+  out->set_version(record.version);
+  out->set_content_hash(record.content_hash);
+  *out->mutable_created_at() = ToProto(record.created_at);
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  (void)google::protobuf::util::JsonStringToMessage(record.spec_json, out->mutable_definition(),
+                                                    options);
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::Status ValidateSagaId(const std::string& id) {
+  bool ok = id.size() == 36;
+  for (size_t i = 0; ok && i < id.size(); ++i) {
+    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    ok = dash ? id[i] == '-' : IsHex(id[i]);
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "saga_id: '", id.substr(0, 64), "' is not a saga id (a lowercase UUID)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateIdempotencyKey(const std::string& key) {
+  if (key.size() > kMaxKeyBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("idempotency_key: longer than ", kMaxKeyBytes, " bytes"));
+  }
+  for (char c : key) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == ':' || c == '-';
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          "idempotency_key: only letters, digits and . _ : - are allowed");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTraceparent(const std::string& tp) {
+  // version "00": 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, ids not all zero.
+  bool ok = tp.size() == 55 && tp[0] == '0' && tp[1] == '0' && tp[2] == '-' && tp[35] == '-' &&
+            tp[52] == '-';
+  for (size_t i = 3; ok && i < 55; ++i) {
+    if (i == 35 || i == 52) continue;
+    ok = IsHex(tp[i]);
+  }
+  if (ok && (tp.substr(3, 32) == std::string(32, '0') || tp.substr(36, 16) == std::string(16, '0'))) {
+    ok = false;
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        "traceparent: not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>, lowercase)");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<nlohmann::json> ParseInput(const std::string& text) {
+  if (text.size() > kMaxInputBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("input_json: ", text.size(),
+                                                   " bytes is over the limit of ",
+                                                   kMaxInputBytes));
+  }
+  if (!DepthWithin(text)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input_json: nested deeper than ", kMaxJsonDepth, " levels"));
+  }
+  nlohmann::json input = text.empty() ? nlohmann::json::object()
+                                      : nlohmann::json::parse(text, nullptr, false);
+  if (input.is_discarded()) {
+    return absl::InvalidArgumentError("input_json: not valid JSON (or not UTF-8)");
+  }
+  if (!input.is_object()) return absl::InvalidArgumentError("input_json: must be a JSON object");
+  if (HasNul(input)) {
+    return absl::InvalidArgumentError("input_json: contains a NUL character (\\u0000)");
+  }
+  return input;
+}
+
+// --- EventHub ---
+
+EventHub::EventHub(store::Store* store, absl::Duration poll_interval)
+    : store_(store), poll_interval_(poll_interval), poller_([this] { PollLoop(); }) {}
+
+EventHub::~EventHub() {
+  stop_ = true;
+  poller_.join();
+}
+
+int64_t EventHub::Subscribe(const std::string& saga_id, Callback cb) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t token = next_token_++;
+  auto sub = std::make_shared<Sub>();
+  sub->saga_id = saga_id;
+  sub->cb = std::move(cb);
+  subs_[token] = sub;
+  by_saga_.emplace(saga_id, token);
+  return token;
+}
+
+void EventHub::Unsubscribe(int64_t token) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = subs_.find(token);
+  if (it == subs_.end()) return;
+  {
+    std::lock_guard<std::mutex> cb_lock(it->second->cb_mu);
+    it->second->active = false;
+  }
+  auto range = by_saga_.equal_range(it->second->saga_id);
+  for (auto i = range.first; i != range.second; ++i) {
+    if (i->second == token) {
+      by_saga_.erase(i);
+      break;
+    }
+  }
+  subs_.erase(it);
+}
+
+void EventHub::Publish(const std::string& saga_id, const std::vector<engine::Event>& events) {
+  std::vector<std::shared_ptr<Sub>> targets;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto range = by_saga_.equal_range(saga_id);
+    for (auto i = range.first; i != range.second; ++i) targets.push_back(subs_[i->second]);
+  }
+  for (auto& sub : targets) {
+    std::lock_guard<std::mutex> lock(sub->cb_mu);
+    if (sub->active) sub->cb(events);
+  }
+}
+
+void EventHub::PollLoop() {
+  while (!stop_.load()) {
+    absl::SleepFor(std::min(poll_interval_, absl::Milliseconds(100)));
+    static thread_local absl::Time last = absl::InfinitePast();
+    if (absl::Now() - last < poll_interval_) continue;
+    last = absl::Now();
+    std::map<std::string, std::vector<std::shared_ptr<Sub>>> watched;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [token, sub] : subs_) watched[sub->saga_id].push_back(sub);
+    }
+    for (const auto& [id, subs] : watched) {
+      // Re-read from the start; subscribers drop what they have already seen.
+      absl::StatusOr<std::vector<engine::Event>> events = store_->ReadEvents(id, 0);
+      if (!events.ok() || events->empty()) continue;
+      for (const auto& sub : subs) {
+        std::lock_guard<std::mutex> lock(sub->cb_mu);
+        if (sub->active) sub->cb(*events);
+      }
+    }
+  }
+}
+
+// --- Service ---
+
+SagaService::SagaService(ServiceOptions options, store::Store* store,
+                         runtime::DefinitionRegistry* registry, runtime::Runtime* runtime)
+    : options_(options),
+      store_(store),
+      registry_(registry),
+      runtime_(runtime),
+      hub_(store, options.watch_poll_interval),
+      db_(options.db_workers) {}
+
+SagaService::~SagaService() { db_.Shutdown(); }
+
+absl::Status SagaService::DoRegister(const saga::v1::RegisterDefinitionRequest& request,
+                                     saga::v1::RegisterDefinitionResponse* response) {
+  saga::v1::SagaDefinition proto;
+  const std::string source = request.source_name().empty() ? "definition" : request.source_name();
+  switch (request.source_case()) {
+    case saga::v1::RegisterDefinitionRequest::kText: {
+      SAGA_ASSIGN_OR_RETURN(proto, definition::ParseDefinitionText(request.text(), source));
+      break;
+    }
+    case saga::v1::RegisterDefinitionRequest::kDefinition:
+      proto = request.definition();
+      break;
+    default:
+      return absl::InvalidArgumentError("source: set either text or definition");
+  }
+  std::map<std::string, std::string> files(request.proto_files().begin(),
+                                           request.proto_files().end());
+  SAGA_ASSIGN_OR_RETURN(runtime::RegisterResult result, registry_->Register(proto, files, source));
+  response->set_name(result.definition->name);
+  response->set_version(result.definition->version);
+  response->set_created(result.created);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* SagaService::RegisterDefinition(
+    grpc::CallbackServerContext* ctx, const saga::v1::RegisterDefinitionRequest* request,
+    saga::v1::RegisterDefinitionResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  db_.Post([this, reactor, request, response] {
+    reactor->Finish(ToGrpcStatus(DoRegister(*request, response)));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SagaService::GetDefinition(grpc::CallbackServerContext* ctx,
+                                                     const saga::v1::GetDefinitionRequest* request,
+                                                     saga::v1::DefinitionInfo* response) {
+  auto* reactor = ctx->DefaultReactor();
+  if (request->name().empty() || request->version() < 0) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError(
+        request->name().empty() ? "name: required" : "version: must be >= 0 (0 = latest)")));
+    return reactor;
+  }
+  db_.Post([this, reactor, request, response] {
+    absl::StatusOr<store::DefinitionRecord> record =
+        store_->GetDefinition(request->name(), request->version());
+    if (record.ok()) FillDefinitionInfo(*record, response);
+    reactor->Finish(ToGrpcStatus(record.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SagaService::ListDefinitions(
+    grpc::CallbackServerContext* ctx, const saga::v1::ListDefinitionsRequest* /*request*/,
+    saga::v1::ListDefinitionsResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  db_.Post([this, reactor, response] {
+    absl::StatusOr<std::vector<store::DefinitionRecord>> records = store_->ListDefinitions();
+    if (records.ok()) {
+      for (const auto& r : *records) FillDefinitionInfo(r, response->add_definitions());
+    }
+    reactor->Finish(ToGrpcStatus(records.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SagaService::StartSaga(grpc::CallbackServerContext* ctx,
+                                                 const saga::v1::StartSagaRequest* request,
+                                                 saga::v1::StartSagaResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  auto fail = [reactor](absl::Status s) { reactor->Finish(ToGrpcStatus(s)); };
+  if (draining_.load() || !runtime_->accepting()) {
+    fail(absl::UnavailableError("sagad is shutting down; retry on another replica"));
+    return reactor;
+  }
+  if (request->definition().empty()) {
+    fail(absl::InvalidArgumentError("definition: required"));
+    return reactor;
+  }
+  if (request->version() < 0) {
+    fail(absl::InvalidArgumentError("version: must be >= 0 (0 = latest)"));
+    return reactor;
+  }
+  if (absl::Status s = ValidateIdempotencyKey(request->idempotency_key()); !s.ok()) {
+    fail(s);
+    return reactor;
+  }
+  if (!request->traceparent().empty()) {
+    if (absl::Status s = ValidateTraceparent(request->traceparent()); !s.ok()) {
+      fail(s);
+      return reactor;
+    }
+  }
+  absl::StatusOr<nlohmann::json> input = ParseInput(request->input_json());
+  if (!input.ok()) {
+    fail(input.status());
+    return reactor;
+  }
+  db_.Post([this, reactor, request, response, input = *std::move(input)]() mutable {
+    absl::StatusOr<runtime::DefinitionPtr> def =
+        registry_->Get(request->definition(), request->version());
+    if (!def.ok()) {
+      reactor->Finish(ToGrpcStatus(def.status()));
+      return;
+    }
+    runtime::StartRequest start;
+    start.definition = *def;
+    start.input_json = input.dump();
+    start.input_hash = definition::Sha256Hex(start.input_json);
+    start.input = std::move(input);
+    start.idempotency_key = request->idempotency_key();
+    start.traceparent = request->traceparent();
+    if (start.traceparent.empty()) {
+      // Every saga gets a trace, so that its logs and participant calls can be correlated.
+      const std::string id = runtime::NewUuid();
+      std::string hex;
+      for (char c : id) {
+        if (c != '-') hex.push_back(c);
+      }
+      start.traceparent = absl::StrCat("00-", hex, "-", hex.substr(0, 16), "-01");
+    }
+    runtime_->StartSaga(std::move(start),
+                        [reactor, response](absl::StatusOr<store::StartResult> result) {
+                          if (result.ok()) {
+                            response->set_saga_id(result->saga_id);
+                            response->set_created(result->created);
+                          }
+                          reactor->Finish(ToGrpcStatus(result.status()));
+                        });
+  });
+  return reactor;
+}
+
+void FillEvent(const std::string& saga_id, const engine::Event& e,
+               const definition::Definition* def, engine::SagaStatus status_after,
+               saga::v1::SagaEvent* out) {
+  out->set_saga_id(saga_id);
+  out->set_seq(e.seq);
+  out->set_type(std::string(engine::EventTypeName(e.type)));
+  if (e.step >= 0 && def != nullptr && static_cast<size_t>(e.step) < def->steps.size()) {
+    out->set_step(def->steps[static_cast<size_t>(e.step)].name);
+  }
+  out->set_attempt(e.attempt);
+  out->set_detail_json(e.detail.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  if (e.recorded_at != absl::InfinitePast()) *out->mutable_recorded_at() = ToProto(e.recorded_at);
+  out->set_terminal(engine::IsTerminalEvent(e.type));
+  out->set_status(ToProto(status_after));
+}
+
+void FillSaga(const store::SagaRow& row, const definition::Definition* def,
+              const std::vector<engine::Event>& events, bool include_history,
+              saga::v1::Saga* out) {
+  out->set_id(row.id);
+  out->set_definition(row.definition_name);
+  out->set_version(row.definition_version);
+  out->set_status(ToProto(row.status));
+  out->set_input_json(row.input_json);
+  out->set_idempotency_key(row.idempotency_key);
+  out->set_error(row.error);
+  *out->mutable_created_at() = ToProto(row.created_at);
+  *out->mutable_updated_at() = ToProto(row.updated_at);
+  if (def == nullptr) return;
+  engine::SagaState state = engine::NewState(*def);
+  for (const auto& e : events) {
+    engine::Apply(*def, state, e);
+    if (include_history) FillEvent(row.id, e, def, state.status, out->add_history());
+  }
+  for (size_t i = 0; i < def->steps.size(); ++i) {
+    const engine::StepState& st = state.steps[i];
+    saga::v1::StepInfo* step = out->add_steps();
+    step->set_name(def->steps[i].name);
+    step->set_status(ToProto(st.status));
+    step->set_attempts(st.attempts);
+    step->set_compensation_attempts(st.compensation_attempts);
+    if (!st.output.is_null()) {
+      step->set_output_json(st.output.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    }
+    step->set_last_error(st.last_error);
+    step->set_outcome_unknown(st.outcome_unknown && st.status != engine::StepStatus::kSucceeded);
+  }
+}
+
+absl::Status SagaService::DoGetSaga(const saga::v1::GetSagaRequest& request, saga::v1::Saga* out) {
+  SAGA_RETURN_IF_ERROR(ValidateSagaId(request.saga_id()));
+  SAGA_ASSIGN_OR_RETURN(store::SagaRow row, store_->GetSaga(request.saga_id()));
+  SAGA_ASSIGN_OR_RETURN(std::vector<engine::Event> events, store_->ReadEvents(row.id, 0));
+  SAGA_ASSIGN_OR_RETURN(runtime::DefinitionPtr def,
+                        registry_->Get(row.definition_name, row.definition_version));
+  FillSaga(row, def.get(), events, request.include_history(), out);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* SagaService::GetSaga(grpc::CallbackServerContext* ctx,
+                                               const saga::v1::GetSagaRequest* request,
+                                               saga::v1::Saga* response) {
+  auto* reactor = ctx->DefaultReactor();
+  db_.Post([this, reactor, request, response] {
+    reactor->Finish(ToGrpcStatus(DoGetSaga(*request, response)));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SagaService::ListSagas(grpc::CallbackServerContext* ctx,
+                                                 const saga::v1::ListSagasRequest* request,
+                                                 saga::v1::ListSagasResponse* response) {
+  auto* reactor = ctx->DefaultReactor();
+  store::ListFilter filter;
+  absl::Status status;
+  if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
+    status = absl::InvalidArgumentError(absl::StrCat("page_size: must be 0..", kMaxPageSize));
+  }
+  filter.limit = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
+  filter.definition = request->definition();
+  switch (request->status()) {
+    case saga::v1::SAGA_STATUS_UNSPECIFIED: break;
+    case saga::v1::SAGA_STATUS_RUNNING: filter.status = engine::SagaStatus::kRunning; break;
+    case saga::v1::SAGA_STATUS_COMPLETED: filter.status = engine::SagaStatus::kCompleted; break;
+    case saga::v1::SAGA_STATUS_COMPENSATING:
+      filter.status = engine::SagaStatus::kCompensating;
+      break;
+    case saga::v1::SAGA_STATUS_COMPENSATED:
+      filter.status = engine::SagaStatus::kCompensated;
+      break;
+    case saga::v1::SAGA_STATUS_FAILED: filter.status = engine::SagaStatus::kFailed; break;
+    default: status = absl::InvalidArgumentError("status: unknown value"); break;
+  }
+  if (status.ok() && !request->page_token().empty()) {
+    std::pair<absl::Time, std::string> cursor;
+    status = DecodePageToken(request->page_token(), &cursor);
+    filter.before = cursor;
+  }
+  if (!status.ok()) {
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+  db_.Post([this, reactor, response, filter]() mutable {
+    store::ListFilter probe = filter;
+    probe.limit = filter.limit + 1;  // one more tells whether another page exists
+    absl::StatusOr<std::vector<store::SagaRow>> rows = store_->ListSagas(probe);
+    if (rows.ok()) {
+      const bool more = rows->size() > static_cast<size_t>(filter.limit);
+      if (more) rows->resize(static_cast<size_t>(filter.limit));
+      for (const auto& row : *rows) FillSaga(row, nullptr, {}, false, response->add_sagas());
+      if (more) {
+        response->set_next_page_token(EncodePageToken(rows->back().created_at, rows->back().id));
+      }
+    }
+    reactor->Finish(ToGrpcStatus(rows.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SagaService::AbortSaga(grpc::CallbackServerContext* ctx,
+                                                 const saga::v1::AbortSagaRequest* request,
+                                                 saga::v1::AbortSagaResponse* /*response*/) {
+  auto* reactor = ctx->DefaultReactor();
+  absl::Status status = ValidateSagaId(request->saga_id());
+  if (status.ok() && request->reason().size() > kMaxReasonBytes) {
+    status = absl::InvalidArgumentError(absl::StrCat("reason: longer than ", kMaxReasonBytes));
+  }
+  if (status.ok() && request->reason().find('\0') != std::string::npos) {
+    status = absl::InvalidArgumentError("reason: contains a NUL character");
+  }
+  if (!status.ok()) {
+    reactor->Finish(ToGrpcStatus(status));
+    return reactor;
+  }
+  db_.Post([this, reactor, request] {
+    const std::string reason = request->reason().empty() ? "aborted by an operator" : request->reason();
+    absl::StatusOr<store::SagaRow> row = store_->RequestAbort(request->saga_id(), reason);
+    if (row.ok()) runtime_->Poke(row->id);
+    reactor->Finish(ToGrpcStatus(row.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SagaService::RetrySaga(grpc::CallbackServerContext* ctx,
+                                                 const saga::v1::RetrySagaRequest* request,
+                                                 saga::v1::RetrySagaResponse* /*response*/) {
+  auto* reactor = ctx->DefaultReactor();
+  if (absl::Status s = ValidateSagaId(request->saga_id()); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+    return reactor;
+  }
+  db_.Post([this, reactor, request] {
+    absl::StatusOr<store::SagaRow> row = store_->RequestRetry(request->saga_id());
+    if (row.ok()) runtime_->Wake();
+    reactor->Finish(ToGrpcStatus(row.status()));
+  });
+  return reactor;
+}
+
+// Streams a saga's events in order, without gaps: history from the store first, then events
+// as the hub delivers them (from this replica at once, from others by polling). Deletes itself
+// when gRPC is done with it and its history read has returned.
+class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1::SagaEvent> {
+ public:
+  WatchReactor(SagaService* service, std::string saga_id, int64_t after_seq)
+      : service_(service), saga_id_(std::move(saga_id)), next_seq_(after_seq + 1) {}
+
+  void Begin() {
+    token_ = service_->hub_.Subscribe(saga_id_, [this](const std::vector<engine::Event>& events) {
+      Offer(events);
+    });
+    service_->db_.Post([this] {
+      absl::StatusOr<store::SagaRow> row = service_->store_->GetSaga(saga_id_);
+      absl::StatusOr<runtime::DefinitionPtr> def =
+          row.ok() ? service_->registry_->Get(row->definition_name, row->definition_version)
+                   : absl::StatusOr<runtime::DefinitionPtr>(row.status());
+      absl::StatusOr<std::vector<engine::Event>> events =
+          def.ok() ? service_->store_->ReadEvents(saga_id_, 0)
+                   : absl::StatusOr<std::vector<engine::Event>>(def.status());
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!events.ok()) {
+          FinishLocked(ToGrpcStatus(events.status()));
+        } else {
+          def_ = *def;
+          state_ = engine::NewState(*def_);
+          for (const auto& e : *events) {
+            if (e.seq >= next_seq_) pending_[e.seq] = e;
+            else history_[e.seq] = e;
+          }
+          for (auto& [seq, e] : early_) {
+            if (seq >= next_seq_) pending_[seq] = std::move(e);
+          }
+          early_.clear();
+          PumpLocked();
+        }
+      }
+      Release();
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (final_write_) return;
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+    } else if (stop_) {
+      CallFinishLocked();
+    } else {
+      PumpLocked();
+    }
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+
+  void OnDone() override {
+    service_->hub_.Unsubscribe(token_);  // no hub callback runs after this returns
+    Release();
+  }
+
+ private:
+  void Release() {
+    bool last;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last = --refs_ == 0;
+    }
+    if (last) delete this;
+  }
+
+  void Offer(const std::vector<engine::Event>& events) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) return;
+    if (def_ == nullptr) {  // history not read yet: keep live events aside
+      for (const auto& e : events) early_[e.seq] = e;
+      return;
+    }
+    for (const auto& e : events) {
+      if (e.seq >= next_seq_) pending_[e.seq] = e;
+    }
+    PumpLocked();
+  }
+
+  void PumpLocked() {
+    if (stop_ || writing_ || def_ == nullptr) return;
+    // Fold in the history before the first event to send, to know the status after each one.
+    while (!history_.empty() && history_.begin()->first == applied_seq_ + 1) {
+      engine::Apply(*def_, state_, history_.begin()->second);
+      applied_seq_++;
+      history_.erase(history_.begin());
+    }
+    auto it = pending_.find(next_seq_);
+    if (it == pending_.end() || applied_seq_ + 1 != next_seq_) return;
+    engine::Apply(*def_, state_, it->second);
+    applied_seq_ = it->first;
+    out_.Clear();
+    FillEvent(saga_id_, it->second, def_.get(), state_.status, &out_);
+    const bool terminal = engine::IsTerminalEvent(it->second.type);
+    pending_.erase(it);
+    next_seq_++;
+    writing_ = true;
+    if (terminal) {
+      stop_ = true;
+      final_write_ = true;
+      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+    } else {
+      StartWrite(&out_);
+    }
+  }
+
+  void FinishLocked(grpc::Status status) {
+    if (stop_) return;
+    stop_ = true;
+    finish_status_ = std::move(status);
+    if (!writing_) CallFinishLocked();
+  }
+
+  void CallFinishLocked() {
+    if (finish_called_) return;
+    finish_called_ = true;
+    Finish(finish_status_);
+  }
+
+  SagaService* service_;
+  std::string saga_id_;
+  int64_t token_ = 0;
+  std::mutex mu_;
+  int refs_ = 2;  // gRPC (until OnDone) and the history read
+  runtime::DefinitionPtr def_;
+  engine::SagaState state_;
+  std::map<int64_t, engine::Event> history_;  // before next_seq_, folded into state_ only
+  std::map<int64_t, engine::Event> pending_;  // to send
+  std::map<int64_t, engine::Event> early_;    // arrived before the history was read
+  int64_t next_seq_;
+  int64_t applied_seq_ = 0;
+  bool writing_ = false;
+  bool stop_ = false;
+  bool final_write_ = false;
+  bool finish_called_ = false;
+  grpc::Status finish_status_;
+  saga::v1::SagaEvent out_;
+};
+
+grpc::ServerWriteReactor<saga::v1::SagaEvent>* SagaService::WatchSaga(
+    grpc::CallbackServerContext* /*ctx*/, const saga::v1::WatchSagaRequest* request) {
+  if (absl::Status s = ValidateSagaId(request->saga_id()); !s.ok() || request->after_seq() < 0) {
+    class Failed final : public grpc::ServerWriteReactor<saga::v1::SagaEvent> {
+     public:
+      explicit Failed(grpc::Status s) { Finish(std::move(s)); }
+      void OnDone() override { delete this; }
+    };
+    return new Failed(ToGrpcStatus(
+        s.ok() ? absl::InvalidArgumentError("after_seq: must be >= 0") : s));
+  }
+  auto* reactor = new WatchReactor(this, request->saga_id(), request->after_seq());
+  reactor->Begin();
+  return reactor;
+}
+
+}  // namespace saga::api

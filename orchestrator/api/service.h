@@ -1,0 +1,143 @@
+// The gRPC service saga.v1.SagaOrchestrator: validates requests, calls the registry, the
+// runtime and the store, maps results to protos and errors to gRPC codes. Blocking database
+// work runs on the service's own worker threads, never on gRPC threads.
+// Thread-safe.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "orchestrator/runtime/executor.h"
+#include "orchestrator/runtime/registry.h"
+#include "orchestrator/runtime/runtime.h"
+#include "orchestrator/store/store.h"
+#include "saga/v1/orchestrator.grpc.pb.h"
+
+namespace saga::api {
+
+// Limits (README "Limits").
+inline constexpr size_t kMaxInputBytes = 256 * 1024;
+inline constexpr int kMaxJsonDepth = 64;
+inline constexpr size_t kMaxKeyBytes = 255;
+inline constexpr size_t kMaxReasonBytes = 1024;
+inline constexpr int kMaxPageSize = 1000;
+inline constexpr int kDefaultPageSize = 100;
+
+// Validation helpers, exposed for tests. Each returns INVALID_ARGUMENT with the field named.
+absl::Status ValidateSagaId(const std::string& id);
+absl::Status ValidateIdempotencyKey(const std::string& key);
+absl::Status ValidateTraceparent(const std::string& traceparent);
+// Parses a saga input: a JSON object within the limits, without NUL characters.
+absl::StatusOr<nlohmann::json> ParseInput(const std::string& text);
+
+// Fans committed events out to WatchSaga streams; polls the store for events that other
+// replicas record.
+class EventHub {
+ public:
+  using Callback = std::function<void(const std::vector<engine::Event>&)>;
+  EventHub(store::Store* store, absl::Duration poll_interval);
+  ~EventHub();
+  int64_t Subscribe(const std::string& saga_id, Callback cb);
+  void Unsubscribe(int64_t token);
+  void Publish(const std::string& saga_id, const std::vector<engine::Event>& events);
+
+ private:
+  void PollLoop();
+  struct Sub {
+    std::string saga_id;
+    Callback cb;
+    std::mutex cb_mu;  // held while cb runs; Unsubscribe waits for it
+    bool active = true;
+  };
+  store::Store* store_;
+  absl::Duration poll_interval_;
+  std::mutex mu_;
+  std::map<int64_t, std::shared_ptr<Sub>> subs_;
+  std::multimap<std::string, int64_t> by_saga_;
+  int64_t next_token_ = 1;
+  std::atomic<bool> stop_{false};
+  std::thread poller_;
+};
+
+struct ServiceOptions {
+  int db_workers = 8;
+  absl::Duration watch_poll_interval = absl::Milliseconds(500);
+};
+
+class SagaService final : public saga::v1::SagaOrchestrator::CallbackService {
+ public:
+  SagaService(ServiceOptions options, store::Store* store, runtime::DefinitionRegistry* registry,
+              runtime::Runtime* runtime);
+  ~SagaService() override;
+
+  // Stops serving new work (StartSaga answers UNAVAILABLE).
+  void SetDraining() { draining_ = true; }
+
+  EventHub& hub() { return hub_; }
+
+  grpc::ServerUnaryReactor* RegisterDefinition(
+      grpc::CallbackServerContext* ctx, const saga::v1::RegisterDefinitionRequest* request,
+      saga::v1::RegisterDefinitionResponse* response) override;
+  grpc::ServerUnaryReactor* GetDefinition(grpc::CallbackServerContext* ctx,
+                                          const saga::v1::GetDefinitionRequest* request,
+                                          saga::v1::DefinitionInfo* response) override;
+  grpc::ServerUnaryReactor* ListDefinitions(grpc::CallbackServerContext* ctx,
+                                            const saga::v1::ListDefinitionsRequest* request,
+                                            saga::v1::ListDefinitionsResponse* response) override;
+  grpc::ServerUnaryReactor* StartSaga(grpc::CallbackServerContext* ctx,
+                                      const saga::v1::StartSagaRequest* request,
+                                      saga::v1::StartSagaResponse* response) override;
+  grpc::ServerUnaryReactor* GetSaga(grpc::CallbackServerContext* ctx,
+                                    const saga::v1::GetSagaRequest* request,
+                                    saga::v1::Saga* response) override;
+  grpc::ServerUnaryReactor* ListSagas(grpc::CallbackServerContext* ctx,
+                                      const saga::v1::ListSagasRequest* request,
+                                      saga::v1::ListSagasResponse* response) override;
+  grpc::ServerUnaryReactor* AbortSaga(grpc::CallbackServerContext* ctx,
+                                      const saga::v1::AbortSagaRequest* request,
+                                      saga::v1::AbortSagaResponse* response) override;
+  grpc::ServerUnaryReactor* RetrySaga(grpc::CallbackServerContext* ctx,
+                                      const saga::v1::RetrySagaRequest* request,
+                                      saga::v1::RetrySagaResponse* response) override;
+  grpc::ServerWriteReactor<saga::v1::SagaEvent>* WatchSaga(
+      grpc::CallbackServerContext* ctx, const saga::v1::WatchSagaRequest* request) override;
+
+  // Request logic, callable without a server (blocking).
+  absl::Status DoRegister(const saga::v1::RegisterDefinitionRequest& request,
+                          saga::v1::RegisterDefinitionResponse* response);
+  absl::Status DoGetSaga(const saga::v1::GetSagaRequest& request, saga::v1::Saga* response);
+
+  store::Store* store() { return store_; }
+  runtime::DefinitionRegistry* registry() { return registry_; }
+
+ private:
+  class WatchReactor;
+
+  ServiceOptions options_;
+  store::Store* store_;
+  runtime::DefinitionRegistry* registry_;
+  runtime::Runtime* runtime_;
+  std::atomic<bool> draining_{false};
+  EventHub hub_;
+  runtime::Executor db_;
+};
+
+// Maps an absl::Status to a grpc::Status with the same code and message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Fills a Saga message's step list and status from a row and its history.
+void FillSaga(const store::SagaRow& row, const definition::Definition* def,
+              const std::vector<engine::Event>& events, bool include_history,
+              saga::v1::Saga* out);
+void FillEvent(const std::string& saga_id, const engine::Event& event,
+               const definition::Definition* def, engine::SagaStatus status_after,
+               saga::v1::SagaEvent* out);
+
+}  // namespace saga::api

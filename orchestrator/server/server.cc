@@ -1,0 +1,183 @@
+#include "orchestrator/server/server.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "orchestrator/api/service.h"
+#include "orchestrator/common/status_macros.h"
+#include "orchestrator/definition/loader.h"
+#include "orchestrator/invoke/grpc/grpc_invoker.h"
+#include "orchestrator/runtime/registry.h"
+#include "orchestrator/runtime/runtime.h"
+#include "orchestrator/store/pg/pg_listener.h"
+#include "orchestrator/store/pg/pg_store.h"
+#include "spdlog/spdlog.h"
+
+namespace saga::server {
+namespace {
+
+std::string DefaultOwnerId() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, "-", getpid(), "-", runtime::NewUuid().substr(0, 8));
+}
+
+}  // namespace
+
+absl::Status LoadDefinitionsDir(runtime::DefinitionRegistry* registry, const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat("definitions folder '", dir, "' not found"));
+  }
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const auto ext = entry.path().extension().string();
+    if (entry.is_regular_file() && (ext == ".yaml" || ext == ".yml" || ext == ".json")) {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& path : files) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string name = path.filename().string();
+    SAGA_ASSIGN_OR_RETURN(saga::v1::SagaDefinition proto,
+                          definition::ParseDefinitionText(text.str(), name));
+    SAGA_ASSIGN_OR_RETURN(runtime::RegisterResult result,
+                          registry->Register(proto, {}, name, dir));
+    spdlog::info("definition {} v{} {} from {}", result.definition->name,
+                 result.definition->version, result.created ? "registered" : "unchanged", name);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
+  std::unique_ptr<Server> s(new Server());
+  s->owner_id_ = config.owner_id.empty() ? DefaultOwnerId() : config.owner_id;
+
+  store::pg::PgStoreOptions store_options;
+  store_options.url = config.database_url;
+  store_options.pool_size = config.db_pool_size;
+  store_options.committers = config.committers;
+  SAGA_ASSIGN_OR_RETURN(s->store_, store::pg::PgStore::Create(store_options));
+
+  invoke::grpc::GrpcInvokerOptions invoker_options;
+  invoker_options.max_receive_message_bytes = config.max_message_bytes;
+  s->invoker_ = invoke::grpc::GrpcInvoker::Create(invoker_options);
+
+  s->registry_ = std::make_unique<runtime::DefinitionRegistry>(s->store_.get(), config.proto_path);
+  if (!config.definitions_dir.empty()) {
+    SAGA_RETURN_IF_ERROR(LoadDefinitionsDir(s->registry_.get(), config.definitions_dir));
+  }
+
+  runtime::RuntimeOptions runtime_options;
+  runtime_options.owner_id = s->owner_id_;
+  runtime_options.lease = config.lease;
+  runtime_options.renew_interval = config.renew_interval;
+  runtime_options.poll_interval = config.poll_interval;
+  runtime_options.max_active = config.max_active;
+  runtime_options.workers = config.workers;
+  s->runtime_ = std::make_unique<runtime::Runtime>(runtime_options, s->store_.get(),
+                                                   s->invoker_.get(), s->registry_.get(),
+                                                   common::RealClock::Get());
+
+  api::ServiceOptions service_options;
+  service_options.db_workers = config.api_workers;
+  s->service_ = std::make_unique<api::SagaService>(service_options, s->store_.get(),
+                                                   s->registry_.get(), s->runtime_.get());
+  api::SagaService* service = s->service_.get();
+  s->runtime_->SetEventListener(
+      [service](const std::string& id, const std::vector<engine::Event>& events) {
+        service->hub().Publish(id, events);
+      });
+
+  ::grpc::EnableDefaultHealthCheckService(true);
+  ::grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  ::grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen, ::grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(config.max_message_bytes);
+  builder.RegisterService(s->service_.get());
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+  }
+  s->runtime_->Start();
+  s->serving_ = true;
+  s->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+
+  absl::StatusOr<std::unique_ptr<store::pg::PgListener>> listener =
+      store::pg::PgListener::Create(config.database_url, "saga_wake");
+  if (listener.ok()) {
+    s->listener_ = *std::move(listener);
+    Server* raw = s.get();
+    s->listener_thread_ = std::thread([raw] {
+      raw->listener_->Run(
+          [raw](const std::string& payload) {
+            if (payload.empty()) {
+              raw->runtime_->Wake();
+            } else {
+              raw->runtime_->Poke(payload);
+            }
+          },
+          raw->stop_);
+    });
+  } else {
+    spdlog::warn("LISTEN unavailable, relying on polling: {}", listener.status().ToString());
+  }
+  s->health_thread_ = std::thread([raw = s.get()] { raw->HealthLoop(); });
+  spdlog::info("sagad {} serving on port {}", s->owner_id_, s->port_);
+  return s;
+}
+
+void Server::HealthLoop() {
+  bool healthy = true;
+  while (!stop_.load()) {
+    for (int i = 0; i < 10 && !stop_.load(); ++i) absl::SleepFor(absl::Milliseconds(100));
+    if (stop_.load()) break;
+    const bool ok = store_->Ping().ok();
+    if (ok != healthy) {
+      healthy = ok;
+      spdlog::warn("database {}", ok ? "reachable again: SERVING" : "unreachable: NOT_SERVING");
+      if (serving_.load()) grpc_server_->GetHealthCheckService()->SetServingStatus(ok);
+    }
+  }
+}
+
+void Server::Shutdown(absl::Duration drain) {
+  if (shut_down_.exchange(true)) return;
+  spdlog::info("sagad draining (up to {}s)", absl::ToDoubleSeconds(drain));
+  serving_ = false;
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->SetDraining();
+  runtime_->Stop(drain);
+  stop_ = true;
+  if (health_thread_.joinable()) health_thread_.join();
+  if (listener_thread_.joinable()) listener_thread_.join();
+  grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  store_->Shutdown();
+  spdlog::info("sagad stopped");
+  {
+    std::lock_guard<std::mutex> lock(done_mu_);
+    done_ = true;
+  }
+  done_cv_.notify_all();
+}
+
+void Server::Wait() {
+  std::unique_lock<std::mutex> lock(done_mu_);
+  done_cv_.wait(lock, [this] { return done_; });
+}
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+}  // namespace saga::server

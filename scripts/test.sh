@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs dependencies, builds, and runs every test (unit, PostgreSQL,
+# integration) against a throwaway PostgreSQL 15 cluster made by pg_virtualenv.
+# Usage: scripts/test.sh [ctest arguments, e.g. -L unit or -R Saga]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh
+cd build
+pg_virtualenv -v 15 ctest --output-on-failure --timeout 300 -j2 "$@"
