@@ -75,7 +75,7 @@ std::string OrderSlowRetryYaml(const std::string& target) {
 }
 
 void SagaTest::SetUp() {
-  auto db = store::pg::testing::TestDatabase::Create();
+  auto db = store::pg::TestDatabase::Create();
   ASSERT_TRUE(db.ok()) << db.status();
   db_ = *std::move(db);
   auto shop = examples::ShopServer::Start({});

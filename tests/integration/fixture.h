@@ -48,7 +48,7 @@ class SagaTest : public ::testing::Test {
                                            absl::Duration timeout = absl::Seconds(20));
   int CountSagas();
 
-  std::unique_ptr<store::pg::testing::TestDatabase> db_;
+  std::unique_ptr<store::pg::TestDatabase> db_;
   std::unique_ptr<examples::ShopServer> shop_;
   std::string defs_dir_;
   std::string proto_dir_;
