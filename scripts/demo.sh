@@ -8,7 +8,7 @@ if [ -z "${SAGA_DEMO_INSIDE:-}" ]; then
   scripts/install-deps.sh
   scripts/build.sh
   export SAGA_DEMO_INSIDE=1
-  exec pg_virtualenv -v 15 "$0" "$@"
+  exec pg_virtualenv -t -v 15 "$0" "$@"
 fi
 
 BIN=build

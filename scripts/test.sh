@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 cd build
-pg_virtualenv -v 15 ctest --output-on-failure --timeout 300 -j2 "$@"
+pg_virtualenv -t -v 15 ctest --output-on-failure --timeout 300 -j2 "$@"

@@ -147,8 +147,9 @@ void PrintEvent(const Globals& g, const saga::v1::SagaEvent& e) {
     std::cout << ToJson(e) << std::endl;
     return;
   }
-  std::printf("%4lld %-28s %-12s %3d %-13s %s\n", static_cast<long long>(e.seq()), e.type().c_str(),
-              e.step().c_str(), e.attempt(), StatusName(e.status()).c_str(),
+  const std::string attempt = e.step().empty() ? "" : std::to_string(e.attempt());
+  std::printf("%4lld %-28s %-12s %3s %-13s %s\n", static_cast<long long>(e.seq()), e.type().c_str(),
+              e.step().c_str(), attempt.c_str(), StatusName(e.status()).c_str(),
               e.detail_json() == "{}" ? "" : e.detail_json().c_str());
   std::fflush(stdout);
 }

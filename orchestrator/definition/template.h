@@ -15,6 +15,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,11 @@
 #include "nlohmann/json.hpp"
 
 namespace saga::definition {
+
+namespace internal {
+// The parsed form of a template (see template.cc); immutable and shared between copies.
+struct TemplateNode;
+}  // namespace internal
 
 struct TemplateRef {
   enum class Root { kInput, kStepOutput, kSagaId, kSagaKey, kStepName, kStepKey };
@@ -61,12 +67,18 @@ class Template {
   const nlohmann::json& raw() const { return value_; }
 
   // Renders the template. INVALID_ARGUMENT naming the reference if a non-optional reference
-  // does not resolve.
+  // does not resolve, e.g. "request: ${input.x.y} is missing (input has no 'y' at input.x)".
+  // An object member whose value is exactly one optional reference that does not resolve is
+  // left out of the object (so that a proto JSON parser sees the field as absent); elsewhere a
+  // missing optional reference renders as null (whole value) or "" (inside a longer string).
+  // An empty template renders as null.
   absl::StatusOr<nlohmann::json> Render(const RenderContext& ctx) const;
 
  private:
   nlohmann::json value_;
   std::vector<TemplateRef> refs_;
+  // Pre-parsed tree rendered by Render(); null for an empty template.
+  std::shared_ptr<const internal::TemplateNode> root_;
 };
 
 }  // namespace saga::definition

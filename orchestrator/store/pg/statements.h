@@ -1,0 +1,345 @@
+// Every SQL statement of the PostgreSQL store, as named constants. Connections prepare all of
+// kPreparedStatements when they open (ConnectionPool) and run them with exec_prepared; no SQL is
+// ever built from values. Batch statements take PostgreSQL array literals (array_literal.h) and
+// expand them with unnest().
+//
+// Conventions: timestamps are returned as bigint microseconds since the Unix epoch
+// ((extract(epoch FROM t) * 1000000)::bigint) and taken as timestamptz text; durations are
+// taken as bigint microseconds; all times are the database's clock (now()).
+//
+// Thread-safety: constant data.
+#pragma once
+
+#include <string_view>
+
+namespace saga::store::pg::sql {
+
+struct Statement {
+  std::string_view name;
+  std::string_view sql;
+};
+
+// The columns of a SagaRow, read from `sagas s` (see ReadSagaRow in pg_store.cc).
+#define SAGA_PG_SAGA_COLUMNS                                                              \
+  " s.id::text, s.definition_name, s.definition_version, s.status, s.input::text,"        \
+  " coalesce(s.idempotency_key, ''), coalesce(s.traceparent, ''), coalesce(s.error, ''),"  \
+  " (extract(epoch FROM s.created_at) * 1000000)::bigint,"                                \
+  " (extract(epoch FROM s.updated_at) * 1000000)::bigint,"                                \
+  " s.last_seq, s.fence, coalesce(s.owner, ''), s.abort_requested,"                       \
+  " coalesce(s.abort_reason, ''), s.retry_requested "
+
+// The columns of an Event, read from `saga_events e` (see ReadEvent in pg_store.cc).
+#define SAGA_PG_EVENT_COLUMNS                                                 \
+  " e.saga_id::text, e.seq, e.type, e.step, e.attempt, e.detail::text,"       \
+  " (extract(epoch FROM e.recorded_at) * 1000000)::bigint "
+
+// The columns of a DefinitionRecord, read from `saga_definitions d`.
+#define SAGA_PG_DEFINITION_COLUMNS                                            \
+  " d.name, d.version, d.spec::text, d.content_hash,"                         \
+  " encode(d.descriptor_set, 'hex'),"                                         \
+  " (extract(epoch FROM d.created_at) * 1000000)::bigint "
+
+// ---------------------------------------------------------------------------------------------
+// Session and health.
+
+inline constexpr Statement kPing{"ping", "SELECT 1"};
+
+// $1: the timeout as a string ("2000" = 2 s), for the current transaction only.
+inline constexpr Statement kSetLocalStatementTimeout{
+    "set_local_statement_timeout", "SELECT set_config('statement_timeout', $1, true)"};
+
+// ---------------------------------------------------------------------------------------------
+// Migrations (run on a dedicated connection; see migrations.cc).
+
+// A session-level advisory lock serializes migrating processes. $1: kMigrationLockKey.
+inline constexpr Statement kMigrationLock{"migration_lock", "SELECT pg_advisory_lock($1::bigint)"};
+inline constexpr Statement kMigrationUnlock{"migration_unlock",
+                                            "SELECT pg_advisory_unlock($1::bigint)"};
+// Run with exec (a utility statement), under the migration lock.
+inline constexpr std::string_view kCreateMigrationsTable =
+    "CREATE TABLE IF NOT EXISTS saga_schema_migrations ("
+    " version int PRIMARY KEY,"
+    " name text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())";
+inline constexpr Statement kSelectMigrationVersions{
+    "select_migration_versions", "SELECT version FROM saga_schema_migrations ORDER BY version"};
+inline constexpr Statement kInsertMigration{
+    "insert_migration", "INSERT INTO saga_schema_migrations (version, name) VALUES ($1, $2)"};
+
+// ---------------------------------------------------------------------------------------------
+// Definitions.
+
+// Serializes PutDefinition per name (two-key advisory lock space; 1935763297 = 'saga').
+inline constexpr Statement kLockDefinitionName{
+    "lock_definition_name", "SELECT pg_advisory_xact_lock(1935763297, hashtext($1))"};
+
+inline constexpr Statement kFindDefinitionByHash{
+    "find_definition_by_hash",
+    "SELECT version FROM saga_definitions WHERE name = $1 AND content_hash = $2"};
+
+// $1 name, $2 spec (json text), $3 content_hash, $4 descriptor_set (hex). Returns the version.
+inline constexpr Statement kInsertDefinition{
+    "insert_definition",
+    "INSERT INTO saga_definitions (name, version, spec, content_hash, descriptor_set)"
+    " SELECT $1::text, coalesce(max(version), 0) + 1, $2::jsonb, $3::text, decode($4, 'hex')"
+    " FROM saga_definitions WHERE name = $1::text"
+    " RETURNING version"};
+
+inline constexpr Statement kGetDefinition{
+    "get_definition",
+    "SELECT" SAGA_PG_DEFINITION_COLUMNS
+    "FROM saga_definitions d WHERE d.name = $1 AND d.version = $2"};
+
+inline constexpr Statement kGetLatestDefinition{
+    "get_latest_definition",
+    "SELECT" SAGA_PG_DEFINITION_COLUMNS
+    "FROM saga_definitions d WHERE d.name = $1 ORDER BY d.version DESC LIMIT 1"};
+
+inline constexpr Statement kListDefinitions{
+    "list_definitions",
+    "SELECT DISTINCT ON (d.name)" SAGA_PG_DEFINITION_COLUMNS
+    "FROM saga_definitions d ORDER BY d.name, d.version DESC"};
+
+// ---------------------------------------------------------------------------------------------
+// Group commit.
+
+// Creates sagas ($1..$11, one element per saga) with their events ($12..$17, one element per
+// event; only the events of sagas this statement created are inserted). A saga whose id or
+// (definition_name, idempotency_key) exists already is skipped (an empty key is stored as NULL
+// and never conflicts). Returns one row per created saga: its id and the number of events
+// inserted in total.
+inline constexpr Statement kInsertSagas{
+    "insert_sagas",
+    "WITH new_sagas AS ("
+    "  INSERT INTO sagas (id, definition_name, definition_version, status, input, input_hash,"
+    "                     idempotency_key, traceparent, owner, fence, lease_expires_at,"
+    "                     next_wake_at, last_seq)"
+    "  SELECT u.id, u.definition_name, u.definition_version, u.status, u.input, u.input_hash,"
+    "         nullif(u.idempotency_key, ''), nullif(u.traceparent, ''), nullif(u.owner, ''), 1,"
+    "         CASE WHEN u.owner <> '' THEN now() + u.lease_us * interval '1 microsecond' END,"
+    "         now(), u.last_seq"
+    "  FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::jsonb[], $6::text[],"
+    "              $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[])"
+    "       AS u(id, definition_name, definition_version, status, input, input_hash,"
+    "            idempotency_key, traceparent, owner, lease_us, last_seq)"
+    "  ON CONFLICT DO NOTHING"
+    "  RETURNING id"
+    "), new_events AS ("
+    "  INSERT INTO saga_events (saga_id, seq, type, step, attempt, detail)"
+    "  SELECT e.saga_id, e.seq, e.type, e.step, e.attempt, e.detail"
+    "  FROM unnest($12::uuid[], $13::bigint[], $14::smallint[], $15::int[], $16::int[],"
+    "              $17::jsonb[]) AS e(saga_id, seq, type, step, attempt, detail)"
+    "  WHERE e.saga_id IN (SELECT id FROM new_sagas)"
+    "  ON CONFLICT DO NOTHING"
+    "  RETURNING 1"
+    ")"
+    " SELECT new_sagas.id::text, (SELECT count(*) FROM new_events) FROM new_sagas"};
+
+// The existing sagas that a start conflicted with: by id ($1) or by
+// (definition_name, idempotency_key) ($2, $3).
+inline constexpr Statement kSelectStartConflicts{
+    "select_start_conflicts",
+    "SELECT s.id::text, s.definition_name, coalesce(s.idempotency_key, ''), s.input_hash,"
+    " s.fence"
+    " FROM sagas s"
+    " WHERE s.id = ANY($1::uuid[])"
+    "    OR (s.definition_name, s.idempotency_key) IN"
+    "       (SELECT * FROM unnest($2::text[], $3::text[]))"};
+
+// Applies fenced transitions ($1..$9, one element per saga, sorted by id, at most one per saga)
+// and inserts the events of the accepted ones ($10..$15). A transition is accepted when owner
+// and fence still hold and its first event continues the saga's history (prev_seq = last_seq;
+// NULL when it has no events). Returns one row per accepted saga: its id and the number of
+// events inserted in total.
+inline constexpr Statement kApplyTransitions{
+    "apply_transitions",
+    "WITH applied AS ("
+    "  UPDATE sagas AS s SET"
+    "    status = u.status,"
+    "    error = coalesce(nullif(u.error, ''), s.error),"
+    "    last_seq = coalesce(u.last_seq, s.last_seq),"
+    "    updated_at = now(),"
+    "    owner = CASE WHEN u.release THEN NULL ELSE s.owner END,"
+    "    lease_expires_at = CASE WHEN u.release THEN NULL ELSE s.lease_expires_at END,"
+    "    next_wake_at = CASE WHEN u.release THEN NULL ELSE s.next_wake_at END,"
+    "    abort_requested = s.abort_requested AND NOT u.clear_requests,"
+    "    retry_requested = s.retry_requested AND NOT u.clear_requests"
+    "  FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],"
+    "              $7::bigint[], $8::boolean[], $9::boolean[])"
+    "       AS u(id, fence, owner, status, error, prev_seq, last_seq, release, clear_requests)"
+    "  WHERE s.id = u.id AND s.fence = u.fence AND s.owner = u.owner"
+    "    AND (u.prev_seq IS NULL OR s.last_seq = u.prev_seq)"
+    "  RETURNING s.id"
+    "), new_events AS ("
+    "  INSERT INTO saga_events (saga_id, seq, type, step, attempt, detail)"
+    "  SELECT e.saga_id, e.seq, e.type, e.step, e.attempt, e.detail"
+    "  FROM unnest($10::uuid[], $11::bigint[], $12::smallint[], $13::int[], $14::int[],"
+    "              $15::jsonb[]) AS e(saga_id, seq, type, step, attempt, detail)"
+    "  WHERE e.saga_id IN (SELECT id FROM applied)"
+    "  ON CONFLICT DO NOTHING"
+    "  RETURNING 1"
+    ")"
+    " SELECT applied.id::text, (SELECT count(*) FROM new_events) FROM applied"};
+
+// Why transitions were rejected: the current owner, fence and last_seq of sagas $1.
+inline constexpr Statement kSelectFences{
+    "select_fences",
+    "SELECT s.id::text, coalesce(s.owner, ''), s.fence, s.last_seq"
+    " FROM sagas s WHERE s.id = ANY($1::uuid[])"};
+
+// ---------------------------------------------------------------------------------------------
+// Ownership.
+
+// $1 owner, $2 lease (us), $3 limit.
+inline constexpr Statement kClaimDue{
+    "claim_due",
+    "WITH due AS MATERIALIZED ("
+    "  SELECT id FROM sagas"
+    "  WHERE next_wake_at <= now()"
+    "    AND (lease_expires_at IS NULL OR lease_expires_at < now())"
+    "  ORDER BY next_wake_at"
+    "  LIMIT $3"
+    "  FOR UPDATE SKIP LOCKED"
+    ")"
+    " UPDATE sagas AS s SET owner = $1, fence = s.fence + 1,"
+    "   lease_expires_at = now() + $2::bigint * interval '1 microsecond'"
+    " FROM due WHERE s.id = due.id"
+    " RETURNING" SAGA_PG_SAGA_COLUMNS};
+
+// $1 owner, $2 lease (us), $3 ids.
+inline constexpr Statement kReclaim{
+    "reclaim",
+    "UPDATE sagas AS s SET fence = s.fence + 1,"
+    "   lease_expires_at = now() + $2::bigint * interval '1 microsecond'"
+    " WHERE s.owner = $1 AND s.id = ANY($3::uuid[])"
+    " RETURNING" SAGA_PG_SAGA_COLUMNS};
+
+// The full history of sagas $1, by (saga_id, seq).
+inline constexpr Statement kSelectEventsOfSagas{
+    "select_events_of_sagas",
+    "SELECT" SAGA_PG_EVENT_COLUMNS
+    "FROM saga_events e WHERE e.saga_id = ANY($1::uuid[]) ORDER BY e.saga_id, e.seq"};
+
+// $1 owner, $2 lease (us).
+inline constexpr Statement kRenewLeases{
+    "renew_leases",
+    "UPDATE sagas AS s SET lease_expires_at = now() + $2::bigint * interval '1 microsecond'"
+    " WHERE s.owner = $1"
+    " RETURNING s.id::text, s.abort_requested"};
+
+// $1 owner. next_wake_at stays, so running sagas are due at once.
+inline constexpr Statement kReleaseAll{
+    "release_all",
+    "UPDATE sagas AS s SET owner = NULL, lease_expires_at = NULL WHERE s.owner = $1"};
+
+// $1 payload: a saga id, or '' for "poll now". Delivered at COMMIT.
+inline constexpr Statement kNotifyWake{"notify_wake", "SELECT pg_notify('saga_wake', $1)"};
+
+// ---------------------------------------------------------------------------------------------
+// Operator requests. Both return the updated row, or nothing when the saga is missing or its
+// status does not allow the request (the caller then reads the row to tell which).
+
+// $1 id, $2 reason.
+inline constexpr Statement kRequestAbort{
+    "request_abort",
+    "UPDATE sagas AS s SET abort_requested = true,"
+    "   abort_reason = coalesce(s.abort_reason, nullif($2, '')),"
+    "   next_wake_at = CASE WHEN s.owner IS NULL THEN coalesce(s.next_wake_at, now())"
+    "                       ELSE s.next_wake_at END,"
+    "   updated_at = now()"
+    " WHERE s.id = $1 AND s.status NOT IN ('COMPLETED', 'COMPENSATED', 'FAILED')"
+    " RETURNING" SAGA_PG_SAGA_COLUMNS};
+
+// $1 id.
+inline constexpr Statement kRequestRetry{
+    "request_retry",
+    "UPDATE sagas AS s SET retry_requested = true, next_wake_at = now(), updated_at = now()"
+    " WHERE s.id = $1 AND s.status = 'FAILED'"
+    " RETURNING" SAGA_PG_SAGA_COLUMNS};
+
+// ---------------------------------------------------------------------------------------------
+// Reads.
+
+inline constexpr Statement kGetSaga{"get_saga",
+                                    "SELECT" SAGA_PG_SAGA_COLUMNS "FROM sagas s WHERE s.id = $1"};
+
+inline constexpr Statement kSagaExists{"saga_exists", "SELECT 1 FROM sagas WHERE id = $1"};
+
+// $1 id, $2 after_seq.
+inline constexpr Statement kReadEvents{
+    "read_events",
+    "SELECT" SAGA_PG_EVENT_COLUMNS
+    "FROM saga_events e WHERE e.saga_id = $1 AND e.seq > $2 ORDER BY e.seq"};
+
+// Newest first, strictly before the cursor ($1 created_at as timestamptz text, $2 id; with no
+// cursor: 'infinity' and the largest uuid), at most $3 rows.
+#define SAGA_PG_LIST_SAGAS_PREFIX \
+  "SELECT" SAGA_PG_SAGA_COLUMNS   \
+  "FROM sagas s WHERE (s.created_at, s.id) < ($1::timestamptz, $2::uuid)"
+#define SAGA_PG_LIST_SAGAS_SUFFIX " ORDER BY s.created_at DESC, s.id DESC LIMIT $3"
+
+inline constexpr Statement kListSagas{"list_sagas",
+                                      SAGA_PG_LIST_SAGAS_PREFIX SAGA_PG_LIST_SAGAS_SUFFIX};
+// $4 status.
+inline constexpr Statement kListSagasByStatus{
+    "list_sagas_by_status",
+    SAGA_PG_LIST_SAGAS_PREFIX " AND s.status = $4" SAGA_PG_LIST_SAGAS_SUFFIX};
+// $4 definition_name.
+inline constexpr Statement kListSagasByDefinition{
+    "list_sagas_by_definition",
+    SAGA_PG_LIST_SAGAS_PREFIX " AND s.definition_name = $4" SAGA_PG_LIST_SAGAS_SUFFIX};
+// $4 status, $5 definition_name.
+inline constexpr Statement kListSagasByStatusAndDefinition{
+    "list_sagas_by_status_and_definition",
+    SAGA_PG_LIST_SAGAS_PREFIX
+    " AND s.status = $4 AND s.definition_name = $5" SAGA_PG_LIST_SAGAS_SUFFIX};
+
+#undef SAGA_PG_LIST_SAGAS_PREFIX
+#undef SAGA_PG_LIST_SAGAS_SUFFIX
+#undef SAGA_PG_SAGA_COLUMNS
+#undef SAGA_PG_EVENT_COLUMNS
+#undef SAGA_PG_DEFINITION_COLUMNS
+
+// Prepared on every pooled connection when it opens.
+inline constexpr Statement kPreparedStatements[] = {
+    kPing,
+    kSetLocalStatementTimeout,
+    kLockDefinitionName,
+    kFindDefinitionByHash,
+    kInsertDefinition,
+    kGetDefinition,
+    kGetLatestDefinition,
+    kListDefinitions,
+    kInsertSagas,
+    kSelectStartConflicts,
+    kApplyTransitions,
+    kSelectFences,
+    kClaimDue,
+    kReclaim,
+    kSelectEventsOfSagas,
+    kRenewLeases,
+    kReleaseAll,
+    kNotifyWake,
+    kRequestAbort,
+    kRequestRetry,
+    kGetSaga,
+    kSagaExists,
+    kReadEvents,
+    kListSagas,
+    kListSagasByStatus,
+    kListSagasByDefinition,
+    kListSagasByStatusAndDefinition,
+};
+
+// Prepared on the migration connection.
+inline constexpr Statement kMigrationStatements[] = {
+    kMigrationLock,
+    kMigrationUnlock,
+    kSelectMigrationVersions,
+    kInsertMigration,
+};
+
+// The session-level advisory lock key that serializes migrations ('sagamig1').
+inline constexpr long long kMigrationLockKey = 0x7361'6761'6d69'6731LL;
+
+}  // namespace saga::store::pg::sql
