@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "orchestrator/definition/loader.h"
+#include "orchestrator/sim/scenario.h"
 #include "saga/v1/orchestrator.grpc.pb.h"
 
 namespace {
@@ -236,6 +238,33 @@ int main(int argc, char** argv) {
 
   auto* health = app.add_subcommand("health", "check that sagad is serving");
 
+  // --- simulate ---
+  saga::sim::CommandArgs sim_args;
+  std::vector<std::string> sim_fail, sim_timeout, sim_comp_fail, sim_comp_timeout, sim_abort;
+  auto* simulate = app.add_subcommand(
+      "simulate", "offline: run a workflow file through the engine with scripted participants");
+  simulate->add_option("file", sim_args.file, "workflow file")->required();
+  simulate->add_option("--input", sim_args.input, "input JSON, or @file")->capture_default_str();
+  simulate->add_option("--key", sim_args.key,
+                       "the saga's idempotency key (${saga.idempotency_key})");
+  const std::vector<std::pair<saga::sim::ScriptFlag::Kind, CLI::Option*>> sim_script_options = {
+      {saga::sim::ScriptFlag::Kind::kFail,
+       simulate->add_option("--fail", sim_fail, "STEP=CODE[xN]: attempts of STEP answer CODE")},
+      {saga::sim::ScriptFlag::Kind::kTimeout,
+       simulate->add_option("--timeout", sim_timeout, "STEP[xN]: attempts of STEP time out")},
+      {saga::sim::ScriptFlag::Kind::kCompFail,
+       simulate->add_option("--comp-fail", sim_comp_fail, "STEP=CODE[xN]: compensation attempts")},
+      {saga::sim::ScriptFlag::Kind::kCompTimeout,
+       simulate->add_option("--comp-timeout", sim_comp_timeout, "STEP[xN]: compensation timeouts")},
+      {saga::sim::ScriptFlag::Kind::kAbortAfter,
+       simulate->add_option("--abort-after", sim_abort, "STEP: abort right after STEP succeeds")},
+  };
+  for (const auto& [kind, option] : sim_script_options) option->allow_extra_args(false);
+  simulate->add_option("--proto-path", sim_args.proto_path, "folders searched for .proto files");
+  simulate->add_option("--seed", sim_args.seed, "jitter seed")->capture_default_str();
+  simulate->add_option("-o,--output", g.output, "output format")
+      ->check(CLI::IsMember({"table", "json"}));
+
   CLI11_PARSE(app, argc, argv);
 
   if (def_validate->parsed()) {
@@ -259,6 +288,25 @@ int main(int argc, char** argv) {
       }
     }
     return bad == 0 ? 0 : 1;
+  }
+
+  if (simulate->parsed()) {
+    // Each scripting flag's values in the order they were given (a step's outcomes apply in
+    // that order).
+    std::map<const CLI::Option*, size_t> next;
+    for (const CLI::Option* option : simulate->parse_order()) {
+      for (const auto& [kind, script_option] : sim_script_options) {
+        if (option != script_option) continue;
+        const size_t i = next[option]++;
+        if (i < option->results().size()) sim_args.script.push_back({kind, option->results()[i]});
+      }
+    }
+    sim_args.input = InputArg(sim_args.input);
+    sim_args.json = g.output == "json";
+    absl::StatusOr<std::string> out = saga::sim::RunCommand(sim_args);
+    if (!out.ok()) Die(std::string(out.status().message()));
+    std::cout << *out;
+    return 0;
   }
 
   Client client(g);

@@ -454,10 +454,11 @@ absl::Duration Backoff(const RetryPolicy& policy, int next_attempt, absl::BitGen
   const int exponent = std::max(0, next_attempt - 2);
   double seconds = absl::ToDoubleSeconds(policy.initial_backoff) *
                    std::pow(std::max(1.0, policy.multiplier), exponent);
-  seconds = std::min(seconds, absl::ToDoubleSeconds(policy.max_backoff));
   if (policy.jitter > 0 && seconds > 0) {
     seconds *= 1.0 + absl::Uniform(rng, -policy.jitter, policy.jitter);
   }
+  // max_backoff is a cap, jitter included.
+  seconds = std::min(seconds, absl::ToDoubleSeconds(policy.max_backoff));
   if (!(seconds > 0)) return absl::ZeroDuration();
   return absl::Seconds(seconds);
 }
