@@ -6,6 +6,8 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "orchestrator/common/logging.h"  // ops
+#include "orchestrator/common/crash_point.h"
 #include "spdlog/spdlog.h"
 
 namespace saga::runtime {
@@ -50,6 +52,7 @@ struct Runtime::Actor {
   nlohmann::json input;
   std::string idempotency_key;
   std::string traceparent;
+  absl::Time created_at = absl::Now();  // ops: for saga_duration_seconds
   engine::SagaState state;  // touched only by the thread draining the actor
 
   std::mutex mu;
@@ -165,11 +168,12 @@ void Runtime::StartSaga(StartRequest request,
   store_->StartSaga(
       std::move(saga), [this, actor, decision = std::move(decision), done = std::move(done)](
                            absl::StatusOr<store::StartResult> result) mutable {
-        executor_->Post([this, actor, decision = std::move(decision), done = std::move(done),
-                         result = std::move(result)]() mutable {
+        // Runs on the store's thread: the first calls go out without another thread hop.
+        {
           if (result.ok() && result->created) {
             actor->fence = result->fence;
             stats_.sagas_started++;
+            if (observer_ != nullptr) observer_->OnSagaStarted(*actor->def);  // ops
             stats_.active++;
             {
               std::lock_guard<std::mutex> lock(actors_mu_);
@@ -184,7 +188,7 @@ void Runtime::StartSaga(StartRequest request,
           }
           commits_in_flight_--;
           std::move(done)(std::move(result));
-        });
+        }
       });
 }
 
@@ -196,12 +200,15 @@ void Runtime::Post(const ActorPtr& actor, engine::Trigger trigger) {
     if (actor->busy) return;
     actor->busy = true;
   }
-  executor_->Post([this, actor] { Drain(actor); });
+  // Decisions take microseconds and never block: run them on the calling thread (a gRPC
+  // callback, the timer or the claim thread) rather than paying for a thread hop.
+  Drain(actor);
 }
 
-// Handles the actor's queued triggers one by one. Runs on an executor thread while `busy`;
-// leaves `busy` set while a commit is pending (AfterCommit resumes draining).
+// Handles the actor's queued triggers one by one, on whichever thread set `busy`; leaves
+// `busy` set while a commit is pending (AfterCommit resumes draining). Never blocks.
 void Runtime::Drain(const ActorPtr& actor) {
+  common::ScopedLogContext log_ctx(actor->id, {}, common::TraceIdOf(actor->traceparent));  // ops
   for (;;) {
     engine::Trigger trigger;
     {
@@ -232,14 +239,13 @@ void Runtime::Drain(const ActorPtr& actor) {
     t.release = release;
     t.clear_requests = actor->clear_requests;
     actor->clear_requests = false;
+    common::CrashPoint("before_commit");
     commits_in_flight_++;
     store_->Commit(std::move(t), [this, actor, decision = std::move(decision),
                                   release](absl::Status status) mutable {
-      executor_->Post([this, actor, status = std::move(status), decision = std::move(decision),
-                       release]() mutable {
-        AfterCommit(actor, std::move(status), std::move(decision), release);
-        commits_in_flight_--;
-      });
+      // Runs on the store's thread after COMMIT: the next calls go out from here.
+      AfterCommit(actor, std::move(status), std::move(decision), release);
+      commits_in_flight_--;
     });
     return;
   }
@@ -247,6 +253,7 @@ void Runtime::Drain(const ActorPtr& actor) {
 
 void Runtime::AfterCommit(const ActorPtr& actor, absl::Status status, engine::Decision decision,
                           bool release) {
+  common::ScopedLogContext log_ctx(actor->id, {}, common::TraceIdOf(actor->traceparent));  // ops
   if (!status.ok()) {
     Drop(actor, status);
     return;
@@ -259,7 +266,10 @@ void Runtime::AfterCommit(const ActorPtr& actor, absl::Status status, engine::De
       case engine::SagaStatus::kFailed: stats_.sagas_failed++; break;
       default: break;
     }
-    spdlog::info("saga {} {}{}", actor->id, engine::SagaStatusName(actor->state.status),
+    if (observer_ != nullptr) {  // ops
+      observer_->OnSagaFinished(*actor->def, actor->state.status, absl::Now() - actor->created_at);
+    }
+    spdlog::debug("saga {} {}{}", actor->id, engine::SagaStatusName(actor->state.status),
                  actor->state.error.empty() ? "" : ": " + actor->state.error);
     {
       std::lock_guard<std::mutex> lock(actor->mu);
@@ -276,6 +286,7 @@ void Runtime::AfterCommit(const ActorPtr& actor, absl::Status status, engine::De
 
 void Runtime::Execute(const ActorPtr& actor, const engine::Decision& decision) {
   if (!draining_.load()) {
+    if (!decision.commands.empty()) common::CrashPoint("after_commit_before_call");
     for (const auto& command : decision.commands) Invoke(actor, command);
   }
   if (decision.wake_at != absl::InfiniteFuture()) ScheduleTimer(actor, decision.wake_at);
@@ -287,6 +298,8 @@ void Runtime::Invoke(const ActorPtr& actor, const engine::Command& command) {
   const definition::CallSpec& call = compensation ? *step.compensation : step.action;
   std::string key =
       absl::StrCat(actor->id, "/", step.name, compensation ? "/compensation" : "/action");
+  // ops: log lines about this call carry the saga, the step and the trace.
+  common::ScopedLogContext log_ctx(actor->id, step.name, common::TraceIdOf(actor->traceparent));
 
   definition::RenderContext ctx;
   ctx.input = &actor->input;
@@ -325,10 +338,23 @@ void Runtime::Invoke(const ActorPtr& actor, const engine::Command& command) {
   }
   stats_.calls++;
   if (compensation) stats_.compensations++;
+  if (observer_ != nullptr && compensation && command.attempt == 1) {  // ops
+    observer_->OnCompensationStarted(*actor->def, step);
+  }
   calls_in_flight_++;
-  invoker_->Call(std::move(req), [this, actor, result = std::move(result)](
+  invoker_->Call(std::move(req), [this, actor, result = std::move(result), step_spec = &step,
+                                  call_spec = &call, sent = absl::Now()](  // ops: last 2 lines
                                      invoke::CallResult r) mutable {
+    common::CrashPoint("after_answer_before_commit");
     result.status = std::move(r.status);
+    if (observer_ != nullptr) {  // ops
+      using R = RuntimeObserver::AttemptResult;
+      const R outcome = result.status.ok() ? R::kOk
+                        : call_spec->retry.IsRetryable(result.status.code()) ? R::kRetryable
+                                                                             : R::kBusinessError;
+      observer_->OnAttemptFinished(*actor->def, *step_spec, result.call, outcome,
+                                   absl::Now() - sent);
+    }
     if (result.status.ok()) {
       result.output = nlohmann::json::parse(r.response_json, nullptr, /*allow_exceptions=*/false);
       if (result.output.is_discarded()) result.output = nlohmann::json::object();
@@ -341,6 +367,7 @@ void Runtime::Invoke(const ActorPtr& actor, const engine::Command& command) {
 }
 
 void Runtime::Drop(const ActorPtr& actor, const absl::Status& why) {
+  common::ScopedLogContext log_ctx(actor->id, {}, common::TraceIdOf(actor->traceparent));  // ops
   {
     std::lock_guard<std::mutex> lock(actor->mu);
     actor->dead = true;
@@ -392,6 +419,7 @@ void Runtime::Adopt(store::ClaimedSaga claimed) {
   if (actor->input.is_discarded()) actor->input = nlohmann::json::object();
   actor->idempotency_key = claimed.row.idempotency_key;
   actor->traceparent = claimed.row.traceparent;
+  actor->created_at = claimed.row.created_at;  // ops
   actor->state = engine::NewState(**def);
   for (const auto& e : claimed.events) engine::Apply(**def, actor->state, e);
   actor->clear_requests = claimed.row.abort_requested || claimed.row.retry_requested;
@@ -402,6 +430,7 @@ void Runtime::Adopt(store::ClaimedSaga claimed) {
   }
   stats_.active++;
   stats_.claims++;
+  common::ScopedLogContext log_ctx(actor->id, {}, common::TraceIdOf(actor->traceparent));  // ops
   spdlog::info("saga {}: resumed at event {} ({})", actor->id, actor->state.last_seq,
                engine::SagaStatusName(actor->state.status));
   Post(actor, {.kind = engine::Trigger::Kind::kResume});
@@ -481,6 +510,11 @@ void Runtime::ClaimLoop() {
         break;
       }
       const size_t n = claimed->size();
+      if (observer_ != nullptr) {  // ops: retries requested by an operator are not takeovers
+        int takeovers = 0;
+        for (const auto& c : *claimed) takeovers += c.row.retry_requested ? 0 : 1;
+        if (takeovers > 0) observer_->OnTakeovers(takeovers);
+      }
       for (auto& c : *claimed) Adopt(std::move(c));
       if (n < static_cast<size_t>(limit)) break;
     }

@@ -73,6 +73,30 @@ struct RuntimeStats {
   std::atomic<int64_t> active{0};  // gauge
 };
 
+// ---- ops: metrics observer hook ----
+// Told what happens, for metrics (server/ops_metrics.h implements it). Called on runtime and
+// gRPC threads; every method must be thread-safe, quick and non-blocking.
+class RuntimeObserver {
+ public:
+  enum class AttemptResult { kOk, kRetryable, kBusinessError };
+  virtual ~RuntimeObserver() = default;
+  // A new saga was durably recorded by this replica.
+  virtual void OnSagaStarted(const definition::Definition& def) = 0;
+  // A saga reached COMPLETED, COMPENSATED or FAILED; `age` is the time since it was created.
+  virtual void OnSagaFinished(const definition::Definition& def, engine::SagaStatus status,
+                              absl::Duration age) = 0;
+  // A participant call (forward action or compensation) answered or failed.
+  virtual void OnAttemptFinished(const definition::Definition& def,
+                                 const definition::StepSpec& step, engine::CallKind call,
+                                 AttemptResult result, absl::Duration latency) = 0;
+  // The first attempt of a step's compensation is being sent.
+  virtual void OnCompensationStarted(const definition::Definition& def,
+                                     const definition::StepSpec& step) = 0;
+  // Due sagas (with an expired or released lease) were claimed from the database.
+  virtual void OnTakeovers(int count) = 0;
+};
+// ---- end ops
+
 class Runtime {
  public:
   using EventListener = std::function<void(const std::string& saga_id,
@@ -102,6 +126,8 @@ class Runtime {
 
   // Called after events are committed (on a runtime thread; must not block).
   void SetEventListener(EventListener listener) { listener_ = std::move(listener); }
+  // ops: metrics hook; set before Start(). May be null. Not owned.
+  void SetObserver(RuntimeObserver* observer) { observer_ = observer; }
 
   bool accepting() const { return !stopping_.load(); }
   const RuntimeStats& stats() const { return stats_; }
@@ -132,6 +158,7 @@ class Runtime {
   DefinitionRegistry* registry_;
   const common::Clock* clock_;
   EventListener listener_;
+  RuntimeObserver* observer_ = nullptr;  // ops
   RuntimeStats stats_;
 
   std::mutex actors_mu_;

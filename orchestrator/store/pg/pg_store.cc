@@ -695,6 +695,7 @@ bool PgStore::HasEligibleOpLocked() const {
 
 void PgStore::CommitterLoop() {
   const size_t max_batch = static_cast<size_t>(options_.max_batch);
+  size_t last_batch_size = 0;
   while (true) {
     std::vector<std::unique_ptr<PendingOp>> batch;
     absl::flat_hash_set<std::string> batch_keys;
@@ -705,6 +706,15 @@ void PgStore::CommitterLoop() {
       };
       mu_.Await(absl::Condition(&ready));
       if (queue_.empty()) return;  // stopping, and everything is written
+      if (last_batch_size > 1 && options_.commit_delay > absl::ZeroDuration() &&
+          queue_.size() < static_cast<size_t>(options_.batch_target)) {
+        // Others are writing too: give them a moment to join this commit.
+        const size_t target = static_cast<size_t>(options_.batch_target);
+        auto enough = [this, target]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || queue_.size() >= target;
+        };
+        mu_.AwaitWithTimeout(absl::Condition(&enough), options_.commit_delay);
+      }
       // Take, in order, every op whose saga is not in another batch; ops of a saga that is
       // stay queued, and so do all later ops of that saga.
       std::deque<std::unique_ptr<PendingOp>> rest;
@@ -725,6 +735,7 @@ void PgStore::CommitterLoop() {
       if (op->status.ok()) valid.push_back(op.get());
     }
     if (!valid.empty()) WriteBatch(valid);
+    last_batch_size = batch.size();
     for (std::unique_ptr<PendingOp>& op : batch) std::move(*op).Complete();
     absl::MutexLock lock(&mu_);
     for (const std::string& key : batch_keys) in_flight_.erase(key);

@@ -67,6 +67,11 @@ struct PgStoreOptions {
   int committers = 2;
   // Maximum ops per group-commit transaction.
   int max_batch = 256;
+  // Group commit's bounded wait: when writes arrive concurrently (the last batch had more than
+  // one), a committer waits up to this long for `batch_target` writes before it commits.
+  // Zero commits at once. Never applies to a lone writer, so low-load latency is unchanged.
+  absl::Duration commit_delay = absl::Microseconds(500);
+  int batch_target = 16;
   // How long a method waits for a free connection before kUnavailable.
   absl::Duration acquire_timeout = absl::Seconds(5);
   // libpq connect_timeout (a connect_timeout already in `url` wins). Rounded up to seconds.

@@ -224,8 +224,10 @@ inline constexpr Statement kSelectEventsOfSagas{
 inline constexpr Statement kRenewLeases{
     "renew_leases",
     "UPDATE sagas AS s SET lease_expires_at = now() + $2::bigint * interval '1 microsecond'"
-    " WHERE s.owner = $1"
+    " FROM (SELECT id FROM sagas WHERE owner = $1 ORDER BY id FOR NO KEY UPDATE) AS mine"
+    " WHERE s.id = mine.id AND s.owner = $1"
     " RETURNING s.id::text, s.abort_requested"};
+// (Rows are locked in id order, as the group commit locks them, so the two never deadlock.)
 
 // $1 owner. next_wake_at stays, so running sagas are due at once.
 inline constexpr Statement kReleaseAll{
