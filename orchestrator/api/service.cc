@@ -205,6 +205,7 @@ int64_t EventHub::Subscribe(const std::string& saga_id, Callback cb) {
   auto sub = std::make_shared<Sub>();
   sub->saga_id = saga_id;
   sub->cb = std::move(cb);
+  sub->last_event_us = absl::ToUnixMicros(absl::Now());
   subs_[token] = sub;
   by_saga_.emplace(saga_id, token);
   return token;
@@ -235,8 +236,10 @@ void EventHub::Publish(const std::string& saga_id, const std::vector<engine::Eve
     auto range = by_saga_.equal_range(saga_id);
     for (auto i = range.first; i != range.second; ++i) targets.push_back(subs_[i->second]);
   }
+  const absl::Time now = absl::Now();
   for (auto& sub : targets) {
     std::lock_guard<std::mutex> lock(sub->cb_mu);
+    sub->last_event_us = absl::ToUnixMicros(now);
     if (sub->active) sub->cb(events);
   }
 }
@@ -250,7 +253,11 @@ void EventHub::PollLoop() {
     std::map<std::string, std::vector<std::shared_ptr<Sub>>> watched;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      for (const auto& [token, sub] : subs_) watched[sub->saga_id].push_back(sub);
+      const absl::Time now = absl::Now();
+      for (const auto& [token, sub] : subs_) {
+        // Sagas of this replica publish their events at once; poll only the quiet ones.
+        if (now - absl::FromUnixMicros(sub->last_event_us.load()) >= poll_interval_) watched[sub->saga_id].push_back(sub);
+      }
     }
     for (const auto& [id, subs] : watched) {
       // Re-read from the start; subscribers drop what they have already seen.
@@ -398,16 +405,93 @@ grpc::ServerUnaryReactor* SagaService::StartSaga(grpc::CallbackServerContext* ct
       }
       start.traceparent = absl::StrCat("00-", hex, "-", hex.substr(0, 16), "-01");
     }
-    runtime_->StartSaga(std::move(start),
-                        [reactor, response](absl::StatusOr<store::StartResult> result) {
-                          if (result.ok()) {
-                            response->set_saga_id(result->saga_id);
-                            response->set_created(result->created);
-                          }
-                          reactor->Finish(ToGrpcStatus(result.status()));
-                        });
+    const bool wait = request->wait();
+    runtime_->StartSaga(std::move(start), [this, reactor, response,
+                                           wait](absl::StatusOr<store::StartResult> result) {
+      if (result.ok()) {
+        response->set_saga_id(result->saga_id);
+        response->set_created(result->created);
+      }
+      if (!result.ok() || !wait) {
+        reactor->Finish(ToGrpcStatus(result.status()));
+        return;
+      }
+      AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
+    });
   });
   return reactor;
+}
+
+// Answers `reactor` once the saga's terminal event is recorded. The subscription comes first,
+// so no event is missed; a saga started elsewhere may have ended already: the store says.
+void SagaService::AwaitEnd(const std::string& saga_id, bool check_store,
+                           grpc::ServerUnaryReactor* reactor,
+                           saga::v1::StartSagaResponse* response) {
+  struct Waiter {
+    std::mutex mu;
+    bool done = false;
+    int64_t token = 0;
+    std::string reason;
+  };
+  auto waiter = std::make_shared<Waiter>();
+  auto finish = [this, reactor, response, waiter](engine::SagaStatus status,
+                                                  const std::string& error) {
+    {
+      std::lock_guard<std::mutex> lock(waiter->mu);
+      if (waiter->done) return;
+      waiter->done = true;
+    }
+    response->set_status(ToProto(status));
+    response->set_error(error);
+    reactor->Finish(grpc::Status::OK);
+    // Not from inside the hub's callback: Unsubscribe waits for it to return.
+    db_.Post([this, waiter] { hub_.Unsubscribe(waiter->token); });
+  };
+  const int64_t token =
+      hub_.Subscribe(saga_id, [waiter, finish](const std::vector<engine::Event>& events) {
+        for (const auto& e : events) {
+          std::string detail_reason;
+          if (auto it = e.detail.find("reason"); it != e.detail.end() && it->is_string()) {
+            detail_reason = it->get<std::string>();
+          }
+          switch (e.type) {
+            case engine::EventType::kSagaCompensating: {
+              std::lock_guard<std::mutex> lock(waiter->mu);
+              waiter->reason = detail_reason;
+              break;
+            }
+            case engine::EventType::kSagaCompleted:
+              finish(engine::SagaStatus::kCompleted, "");
+              return;
+            case engine::EventType::kSagaCompensated: {
+              std::string reason;
+              {
+                std::lock_guard<std::mutex> lock(waiter->mu);
+                reason = waiter->reason;
+              }
+              finish(engine::SagaStatus::kCompensated, reason);
+              return;
+            }
+            case engine::EventType::kSagaFailed:
+              finish(engine::SagaStatus::kFailed, detail_reason);
+              return;
+            default:
+              break;
+          }
+        }
+      });
+  {
+    std::lock_guard<std::mutex> lock(waiter->mu);
+    waiter->token = token;
+  }
+  if (!check_store) return;
+  db_.Post([this, saga_id, finish] {
+    absl::StatusOr<store::SagaRow> row = store_->GetSaga(saga_id);
+    if (row.ok() && row->status != engine::SagaStatus::kRunning &&
+        row->status != engine::SagaStatus::kCompensating) {
+      finish(row->status, row->error);
+    }
+  });
 }
 
 void FillEvent(const std::string& saga_id, const engine::Event& e,

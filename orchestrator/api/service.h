@@ -55,6 +55,7 @@ class EventHub {
     Callback cb;
     std::mutex cb_mu;  // held while cb runs; Unsubscribe waits for it
     bool active = true;
+    std::atomic<int64_t> last_event_us{0};
   };
   store::Store* store_;
   absl::Duration poll_interval_;
@@ -119,6 +120,8 @@ class SagaService final : public saga::v1::SagaOrchestrator::CallbackService {
 
  private:
   class WatchReactor;
+  void AwaitEnd(const std::string& saga_id, bool check_store, grpc::ServerUnaryReactor* reactor,
+                saga::v1::StartSagaResponse* response);
 
   ServiceOptions options_;
   store::Store* store_;
