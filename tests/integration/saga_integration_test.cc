@@ -202,6 +202,35 @@ TEST_F(SagaTest, FiftyConcurrentStartsWithOneKeyMakeOneSaga) {
   EXPECT_EQ(CountSagas(), 1);
 }
 
+TEST_F(SagaTest, StartSagaWithWaitAnswersWithTheFinalStatus) {
+  StartServer();
+  auto start = [&](const nlohmann::json& input, const std::string& key) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    saga::v1::StartSagaRequest req;
+    req.set_definition("order-fulfillment");
+    req.set_input_json(input.dump());
+    req.set_idempotency_key(key);
+    req.set_wait(true);
+    saga::v1::StartSagaResponse resp;
+    grpc::Status s = stub_->StartSaga(&ctx, req, &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp;
+  };
+  saga::v1::StartSagaResponse ok = start(Order("o-wait-1"), "wait-1");
+  EXPECT_EQ(ok.status(), saga::v1::SAGA_STATUS_COMPLETED);
+  EXPECT_EQ(Get(ok.saga_id()).status(), saga::v1::SAGA_STATUS_COMPLETED);
+  saga::v1::StartSagaResponse bad =
+      start(Order("o-wait-2", {{"charge", {{"fail", "card declined"}}}}), "wait-2");
+  EXPECT_EQ(bad.status(), saga::v1::SAGA_STATUS_COMPENSATED);
+  EXPECT_THAT(bad.error(), ::testing::HasSubstr("card declined"));
+  // The same key again: the existing saga, already ended.
+  saga::v1::StartSagaResponse again = start(Order("o-wait-1"), "wait-1");
+  EXPECT_FALSE(again.created());
+  EXPECT_EQ(again.saga_id(), ok.saga_id());
+  EXPECT_EQ(again.status(), saga::v1::SAGA_STATUS_COMPLETED);
+}
+
 TEST_F(SagaTest, WatchSagaStreamsEveryEventInOrderAndEnds) {
   StartServer();
   const std::string id =
