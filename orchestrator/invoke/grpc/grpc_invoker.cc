@@ -21,14 +21,15 @@
 #include <google/protobuf/util/type_resolver.h>
 #include <google/protobuf/util/type_resolver_util.h>
 #include <grpcpp/client_context.h>
+#include <grpcpp/completion_queue.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/support/async_unary_call.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/channel_arguments.h>
 #include <grpcpp/support/slice.h>
 #include <grpcpp/support/status.h>
-#include <grpcpp/support/stub_options.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -433,7 +434,8 @@ class Target {
   std::atomic<size_t> next_{0};
 };
 
-// One call in flight. The ClientContext and buffers must live until gRPC's callback has run.
+// One call in flight; its address is the completion-queue tag. Everything here must live until
+// the tag has been delivered.
 struct CallState {
   // Declared before `method`: destroyed after it.
   std::shared_ptr<const void> keep_alive;
@@ -442,6 +444,9 @@ struct CallState {
   ::grpc::ClientContext context;
   ::grpc::ByteBuffer request;
   ::grpc::ByteBuffer response;
+  ::grpc::Status status;
+  // Arena-allocated in the call that `context` owns: declared after it, destroyed before it.
+  std::unique_ptr<::grpc::ClientAsyncResponseReader<::grpc::ByteBuffer>> reader;
   std::atomic<bool> cancelled_for_shutdown{false};
 };
 
@@ -455,6 +460,7 @@ class GrpcInvoker::Impl {
       : credentials_(options.credentials != nullptr ? std::move(options.credentials)
                                                     : ::grpc::InsecureChannelCredentials()),
         channels_per_target_(std::max(1, options.channels_per_target)) {
+    const int threads = std::max(1, options.completion_threads);
     channel_args_.SetMaxReceiveMessageSize(
         options.max_receive_message_bytes > 0 ? options.max_receive_message_bytes : 4 << 20);
     if (channels_per_target_ > 1) {
@@ -463,6 +469,10 @@ class GrpcInvoker::Impl {
     }
     print_options_.preserve_proto_field_names = true;
     print_options_.always_print_primitive_fields = true;
+    completion_threads_.reserve(static_cast<size_t>(threads));
+    for (int i = 0; i < threads; ++i) {
+      completion_threads_.emplace_back([this] { RunCompletionQueue(); });
+    }
   }
 
   ~Impl() {
@@ -475,7 +485,7 @@ class GrpcInvoker::Impl {
         live.push_back(state);
       }
     }
-    // Outside the lock: gRPC may run the completion callback inline in TryCancel.
+    // Outside the lock, which OnCallDone takes.
     for (const auto& state : live) {
       state->cancelled_for_shutdown.store(true, std::memory_order_relaxed);
       state->context.TryCancel();
@@ -488,6 +498,11 @@ class GrpcInvoker::Impl {
             return calls->empty();
           },
           &live_));
+    }
+    // Nothing is in flight any more: drain and stop the completion queue.
+    cq_.Shutdown();
+    for (std::thread& thread : completion_threads_) {
+      thread.join();
     }
     std::thread completer;
     {
@@ -562,9 +577,9 @@ class GrpcInvoker::Impl {
                            absl::UnavailableError("invoker is shutting down"));
     }
     state.reset();
-    stub->UnaryCall(&raw->context, raw->method->path, ::grpc::StubOptions(), &raw->request,
-                    &raw->response,
-                    [this, raw](const ::grpc::Status& status) { OnCallDone(raw, status); });
+    raw->reader = stub->PrepareUnaryCall(&raw->context, raw->method->path, raw->request, &cq_);
+    raw->reader->StartCall();
+    raw->reader->Finish(&raw->response, &raw->status, raw);
   }
 
  private:
@@ -575,10 +590,19 @@ class GrpcInvoker::Impl {
     CallResult result;
   };
 
-  // Runs on a gRPC thread.
-  void OnCallDone(CallState* state, const ::grpc::Status& status) {
+  // The invoker's completion threads. Next() blocks until an event or the queue's shutdown.
+  void RunCompletionQueue() {
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_.Next(&tag, &ok)) {
+      OnCallDone(static_cast<CallState*>(tag));  // Finish tags of unary calls are always ok
+    }
+  }
+
+  // Runs on a completion thread.
+  void OnCallDone(CallState* state) {
     {
-      CallResult result = MakeResult(*state, status);
+      CallResult result = MakeResult(*state, state->status);
       absl::AnyInvocable<void(CallResult)&&> done = std::move(state->done);
       std::move(done)(std::move(result));
     }
@@ -589,8 +613,7 @@ class GrpcInvoker::Impl {
       owned = std::move(it->second);
       live_.erase(it);
     }
-    // `owned` (context, buffers) is released here; nothing of *this is touched any more, as the
-    // destructor may be running.
+    // `owned` (reader, context, buffers) is released here.
   }
 
   CallResult MakeResult(const CallState& state, const ::grpc::Status& status) const {
@@ -758,6 +781,10 @@ class GrpcInvoker::Impl {
 
   absl::Mutex targets_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<Target>> targets_ ABSL_GUARDED_BY(targets_mu_);
+
+  // Completions of every call; drained by completion_threads_ (Next() without timeout).
+  ::grpc::CompletionQueue cq_;
+  std::vector<std::thread> completion_threads_;
 
   absl::Mutex live_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(live_mu_) = false;
