@@ -1,110 +1,131 @@
-// sagad: the saga orchestrator daemon.
-#include <signal.h>
-
+// sagad: the saga orchestrator daemon. `sagad --help` lists every setting; README "Operating
+// sagad" describes logs, metrics, tracing and shutdown.
+//
+// Exit codes: 0 after a drain (SIGTERM/SIGINT) or for --help/--version/config print; 1 when
+// startup fails or on a second signal; 2 for an invalid setting.
+#include <condition_variable>
 #include <cstdlib>
-#include <fstream>
+#include <cstring>
 #include <iostream>
-#include <sstream>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <thread>
 
-#include "CLI/CLI.hpp"
-#include "absl/strings/str_split.h"
-#include "absl/time/time.h"
+#include "grpc/support/log.h"
+#include "orchestrator/common/logging.h"
+#include "orchestrator/server/config.h"
+#include "orchestrator/server/dev_postgres.h"
 #include "orchestrator/server/server.h"
 #include "spdlog/spdlog.h"
+#include <pthread.h>
+#include <signal.h>
 
 namespace {
 
-bool ParseDurationFlag(const std::string& text, absl::Duration* out) {
-  return absl::ParseDuration(text, out) && *out >= absl::ZeroDuration();
+using saga::server::DaemonConfig;
+using saga::server::DevPostgres;
+using saga::server::Server;
+
+// gRPC's own messages go through spdlog, so that every line of stderr has the chosen format.
+void GprLogToSpdlog(gpr_log_func_args* args) {
+  spdlog::level::level_enum level = spdlog::level::info;
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) level = spdlog::level::err;
+  if (args->severity == GPR_LOG_SEVERITY_DEBUG) level = spdlog::level::debug;
+  const char* file = args->file != nullptr ? args->file : "";
+  if (const char* slash = std::strrchr(file, '/'); slash != nullptr) file = slash + 1;
+  spdlog::log(level, "grpc: {} ({}:{})", args->message != nullptr ? args->message : "", file,
+              args->line);
 }
+
+// What the signal thread and main() share.
+struct Lifecycle {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop_requested = false;  // guarded by mu
+  DevPostgres* dev = nullptr;   // guarded by mu: set while the dev PostgreSQL runs
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  saga::server::Config config;
-  CLI::App app{"sagad: runs sagas across gRPC participant services, recorded in PostgreSQL"};
-  std::string lease = "10s", poll = "1s", drain = "20s", database_url_file;
-  app.add_option("--listen", config.listen, "gRPC listen address")
-      ->envname("SAGA_LISTEN")
-      ->capture_default_str();
-  app.add_option("--database-url", config.database_url,
-                 "PostgreSQL connection string (URI or key=value); empty uses PG* variables")
-      ->envname("SAGA_DATABASE_URL");
-  app.add_option("--database-url-file", database_url_file,
-                 "file holding the connection string (for secrets)")
-      ->envname("SAGA_DATABASE_URL_FILE");
-  app.add_option("--definitions", config.definitions_dir,
-                 "folder of workflow files (*.yaml, *.yml, *.json) registered at startup")
-      ->envname("SAGA_DEFINITIONS");
-  app.add_option("--proto-path", config.proto_path,
-                 "folders searched for participants' .proto files (repeatable; SAGA_PROTO_PATH "
-                 "separates them with ':')")
-      ->envname("SAGA_PROTO_PATH")
-      ->delimiter(':');
-  app.add_option("--owner-id", config.owner_id, "replica identity (default host-pid-random)")
-      ->envname("SAGA_OWNER_ID");
-  app.add_option("--lease", lease, "saga lease duration")->envname("SAGA_LEASE")->capture_default_str();
-  app.add_option("--poll-interval", poll, "how often due sagas are looked for")
-      ->envname("SAGA_POLL_INTERVAL")
-      ->capture_default_str();
-  app.add_option("--drain-timeout", drain, "how long SIGTERM waits for calls in flight")
-      ->envname("SAGA_DRAIN_TIMEOUT")
-      ->capture_default_str();
-  app.add_option("--db-pool-size", config.db_pool_size, "database connections for reads")
-      ->envname("SAGA_DB_POOL_SIZE")
-      ->capture_default_str();
-  app.add_option("--committers", config.committers, "database connections that group-commit")
-      ->envname("SAGA_COMMITTERS")
-      ->capture_default_str();
-  app.add_option("--workers", config.workers, "threads running saga decisions")
-      ->envname("SAGA_WORKERS")
-      ->capture_default_str();
-  app.add_option("--max-active", config.max_active, "sagas held in memory at most")
-      ->envname("SAGA_MAX_ACTIVE")
-      ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
-
-  if (!database_url_file.empty()) {
-    std::ifstream in(database_url_file);
-    if (!in) {
-      std::cerr << "sagad: cannot read --database-url-file " << database_url_file << "\n";
-      return 2;
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    config.database_url = std::string(absl::StripTrailingAsciiWhitespace(ss.str()));
+  saga::server::ParsedArgs parsed = saga::server::ParseArgs(argc, argv, std::cout, std::cerr);
+  if (parsed.action == saga::server::ParsedArgs::Action::kExit) return parsed.exit_code;
+  DaemonConfig& config = parsed.config;
+  if (parsed.action == saga::server::ParsedArgs::Action::kPrintConfig) {
+    std::cout << saga::server::FormatConfig(config);
+    return 0;
   }
-  if (!ParseDurationFlag(lease, &config.lease) || !ParseDurationFlag(poll, &config.poll_interval) ||
-      !ParseDurationFlag(drain, &config.drain_timeout)) {
-    std::cerr << "sagad: durations are written like 500ms, 10s or 1m\n";
-    return 2;
-  }
-  config.renew_interval = config.lease / 3;
 
-  // Signals are handled on a thread of our own: the first SIGTERM/SIGINT drains, a second one
-  // exits at once.
+  saga::common::InitLogging(*saga::common::ParseLogFormat(config.log_format),
+                            *saga::common::ParseLogLevel(config.log_level));
+  gpr_set_log_function(&GprLogToSpdlog);
+
+  // Signals are blocked in every thread and handled by a thread of our own: the first
+  // SIGTERM/SIGINT drains, a second one exits at once.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-  absl::StatusOr<std::unique_ptr<saga::server::Server>> server = saga::server::Server::Start(config);
-  if (!server.ok()) {
-    std::cerr << "sagad: " << server.status().message() << "\n";
-    return 1;
-  }
-  saga::server::Server* raw = server->get();
-  std::thread([raw, signals, drain = config.drain_timeout] {
+  auto life = std::make_shared<Lifecycle>();
+  std::thread([life, signals] {
     int sig = 0;
     sigwait(&signals, &sig);
-    std::thread([raw, drain] { raw->Shutdown(drain); }).detach();
+    spdlog::info("{}: draining; a second signal exits at once", strsignal(sig));
+    {
+      std::lock_guard<std::mutex> lock(life->mu);
+      life->stop_requested = true;
+    }
+    life->cv.notify_all();
     sigwait(&signals, &sig);
-    spdlog::warn("second signal: exiting now");
+    spdlog::warn("second signal ({}): exiting now", strsignal(sig));
+    {
+      std::lock_guard<std::mutex> lock(life->mu);
+      if (life->dev != nullptr) life->dev->RequestStop();
+    }
     std::_Exit(1);
   }).detach();
-  raw->Wait();
+
+  std::unique_ptr<DevPostgres> dev;
+  if (config.dev) {
+    absl::StatusOr<std::unique_ptr<DevPostgres>> started = DevPostgres::Start(config.dev_data_dir);
+    if (!started.ok()) {
+      spdlog::error("sagad: {}", std::string(started.status().message()));
+      return 1;
+    }
+    dev = *std::move(started);
+    config.server.database_url = dev->url();
+    std::lock_guard<std::mutex> lock(life->mu);
+    life->dev = dev.get();
+  }
+  auto stop_dev = [&] {
+    if (dev == nullptr) return;
+    dev->Stop();
+    std::lock_guard<std::mutex> lock(life->mu);
+    life->dev = nullptr;
+  };
+
+  spdlog::info("sagad {} starting: listen {}, database {}, metrics {}, definitions {}",
+               saga::server::Version(), config.server.listen,
+               config.server.database_url.empty()
+                   ? std::string("from PG* variables")
+                   : saga::server::RedactConnectionString(config.server.database_url),
+               config.server.metrics_listen.empty() ? "off" : config.server.metrics_listen,
+               config.server.definitions_dir.empty() ? "none" : config.server.definitions_dir);
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(config.server);
+  if (!server.ok()) {
+    spdlog::error("sagad: cannot start: {}", server.status().ToString());
+    stop_dev();
+    return 1;
+  }
+  {
+    std::unique_lock<std::mutex> lock(life->mu);
+    life->cv.wait(lock, [&] { return life->stop_requested; });
+  }
+  (*server)->Shutdown(config.server.drain_timeout);
   server->reset();
+  stop_dev();
+  spdlog::info("sagad exited");
   return 0;
 }

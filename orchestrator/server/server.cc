@@ -18,6 +18,7 @@
 #include "orchestrator/invoke/grpc/grpc_invoker.h"
 #include "orchestrator/runtime/registry.h"
 #include "orchestrator/runtime/runtime.h"
+#include "orchestrator/server/ops_metrics.h"
 #include "orchestrator/store/pg/pg_listener.h"
 #include "orchestrator/store/pg/pg_store.h"
 #include "spdlog/spdlog.h"
@@ -32,6 +33,16 @@ std::string DefaultOwnerId() {
 }
 
 }  // namespace
+
+std::string_view Version() {
+#ifdef SAGA_VERSION
+  return SAGA_VERSION;
+#else
+  return "0.0.0";
+#endif
+}
+
+int Server::metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
 
 absl::Status LoadDefinitionsDir(runtime::DefinitionRegistry* registry, const std::string& dir) {
   std::error_code ec;
@@ -64,12 +75,26 @@ absl::Status LoadDefinitionsDir(runtime::DefinitionRegistry* registry, const std
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   std::unique_ptr<Server> s(new Server());
   s->owner_id_ = config.owner_id.empty() ? DefaultOwnerId() : config.owner_id;
+  s->metrics_ = std::make_unique<SagaMetrics>(Version());
+  if (!config.metrics_listen.empty()) {  // first: a taken port fails before any other work
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http =
+        MetricsHttpServer::Start(config.metrics_listen, &s->metrics_->registry());
+    if (http.ok()) {
+      s->metrics_http_ = *std::move(http);
+    } else if (config.metrics_optional) {
+      spdlog::error("{}; serving without metrics (set --metrics-listen to choose an address)",
+                    http.status().ToString());
+    } else {
+      return http.status();
+    }
+  }
 
   store::pg::PgStoreOptions store_options;
   store_options.url = config.database_url;
   store_options.pool_size = config.db_pool_size;
   store_options.committers = config.committers;
   SAGA_ASSIGN_OR_RETURN(s->store_, store::pg::PgStore::Create(store_options));
+  s->metrics_->ObserveStore(s->store_.get());
 
   invoke::grpc::GrpcInvokerOptions invoker_options;
   invoker_options.max_receive_message_bytes = config.max_message_bytes;
@@ -90,6 +115,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   s->runtime_ = std::make_unique<runtime::Runtime>(runtime_options, s->store_.get(),
                                                    s->invoker_.get(), s->registry_.get(),
                                                    common::RealClock::Get());
+  s->runtime_->SetObserver(s->metrics_.get());
+  s->metrics_->ObserveRuntime(s->runtime_.get());
 
   api::ServiceOptions service_options;
   service_options.db_workers = config.api_workers;
@@ -107,6 +134,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   builder.AddListeningPort(config.listen, ::grpc::InsecureServerCredentials(), &s->port_);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
   builder.RegisterService(s->service_.get());
+  std::vector<std::unique_ptr<::grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(s->metrics_->NewInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(creators));
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
@@ -135,7 +165,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
     spdlog::warn("LISTEN unavailable, relying on polling: {}", listener.status().ToString());
   }
   s->health_thread_ = std::thread([raw = s.get()] { raw->HealthLoop(); });
-  spdlog::info("sagad {} serving on port {}", s->owner_id_, s->port_);
+  if (s->metrics_http_ != nullptr) {
+    spdlog::info("sagad {} ({}) serving gRPC on port {}, metrics on port {} (/metrics)",
+                 Version(), s->owner_id_, s->port_, s->metrics_http_->port());
+  } else {
+    spdlog::info("sagad {} ({}) serving gRPC on port {}", Version(), s->owner_id_, s->port_);
+  }
   return s;
 }
 
@@ -155,17 +190,23 @@ void Server::HealthLoop() {
 
 void Server::Shutdown(absl::Duration drain) {
   if (shut_down_.exchange(true)) return;
-  spdlog::info("sagad draining (up to {}s)", absl::ToDoubleSeconds(drain));
+  // Null checks: a Start() that failed half-way destroys a partly built server.
+  if (grpc_server_ != nullptr) {
+    spdlog::info("sagad draining (up to {}s)", absl::ToDoubleSeconds(drain));
+  }
   serving_ = false;
-  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  service_->SetDraining();
-  runtime_->Stop(drain);
+  if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  if (service_ != nullptr) service_->SetDraining();
+  if (runtime_ != nullptr) runtime_->Stop(drain);
   stop_ = true;
   if (health_thread_.joinable()) health_thread_.join();
   if (listener_thread_.joinable()) listener_thread_.join();
-  grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  store_->Shutdown();
-  spdlog::info("sagad stopped");
+  if (grpc_server_ != nullptr) {
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+  if (store_ != nullptr) store_->Shutdown();
+  if (metrics_http_ != nullptr) metrics_http_->Stop();  // its metrics read the store and runtime
+  if (grpc_server_ != nullptr) spdlog::info("sagad stopped");
   {
     std::lock_guard<std::mutex> lock(done_mu_);
     done_ = true;

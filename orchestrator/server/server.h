@@ -8,6 +8,7 @@
 #include <mutex>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -54,13 +55,25 @@ struct Config {
   int api_workers = 8;
   int max_active = 20000;
   int max_message_bytes = 4 << 20;
+  // Prometheus metrics over HTTP ("host:port", port 0 picks one; see metrics_port()). Empty:
+  // no endpoint (the metrics are still kept). sagad's flag defaults to "0.0.0.0:9090".
+  std::string metrics_listen;
+  // When the metrics address cannot be bound: false fails Start (UNAVAILABLE); true logs an
+  // error and serves without the endpoint (sagad does so for its default address only).
+  bool metrics_optional = false;
 };
+
+// sagad's version (the CMake project version).
+std::string_view Version();
+
+class SagaMetrics;
+class MetricsHttpServer;
 
 class Server {
  public:
   // Connects to the database (applying migrations), registers the definitions folder, and
-  // starts serving. INVALID_ARGUMENT for a bad definition file, UNAVAILABLE when the database
-  // cannot be reached.
+  // starts serving. INVALID_ARGUMENT for a bad definition file or metrics address, UNAVAILABLE
+  // when the database cannot be reached or an address cannot be bound.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const Config& config);
   ~Server();
 
@@ -68,6 +81,9 @@ class Server {
   int port() const { return port_; }
   std::string address() const { return "localhost:" + std::to_string(port_); }
   const std::string& owner_id() const { return owner_id_; }
+  // The port of the metrics endpoint; 0 when disabled.
+  int metrics_port() const;
+  SagaMetrics* metrics() { return metrics_.get(); }
 
   // Drains (health NOT_SERVING, no new starts, calls in flight finish up to `drain`), gives up
   // the leases and stops. Idempotent.
@@ -84,6 +100,9 @@ class Server {
 
   std::string owner_id_;
   int port_ = 0;
+  // Declared first: outlives the runtime (its observer) and the gRPC server (interceptors).
+  std::unique_ptr<SagaMetrics> metrics_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   std::unique_ptr<store::pg::PgStore> store_;
   std::unique_ptr<invoke::grpc::GrpcInvoker> invoker_;
   std::unique_ptr<runtime::DefinitionRegistry> registry_;
