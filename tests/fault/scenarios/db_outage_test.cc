@@ -1,0 +1,189 @@
+// Database outage (T2): PostgreSQL down for 30 s (immediate stop) while 200 sagas are in
+// flight. Pass: health NOT_SERVING within 5 s; StartSaga answers UNAVAILABLE quickly (no hang,
+// no INTERNAL); sagad's connections never exceed its pool (+1: the LISTEN connection, which is
+// not pooled); progress resumes within 5 s after the database is back; I1-I8.
+// Sizes: SAGA_FAULT_OUTAGE_{SAGAS,S,POOL}.
+#include <atomic>
+#include <thread>
+
+#include <pqxx/pqxx>
+
+#include "grpcpp/grpcpp.h"
+#include "saga/v1/orchestrator.grpc.pb.h"
+#include "tests/fault/scenarios/common.h"
+
+namespace saga::fault {
+namespace {
+
+struct Probe {
+  std::string code;
+  absl::Duration latency;
+};
+
+TEST(FaultScenario, DatabaseOutage) {
+  Scenario scenario("db_outage");
+  const bool quick = QuickMode();
+  const int sagas = static_cast<int>(EnvInt("SAGA_FAULT_OUTAGE_SAGAS", quick ? 50 : 200));
+  const absl::Duration outage = absl::Seconds(EnvInt("SAGA_FAULT_OUTAGE_S", quick ? 8 : 30));
+  const int pool = static_cast<int>(EnvInt("SAGA_FAULT_OUTAGE_POOL", 4));
+  ASSERT_TRUE(scenario.StartDatabase().ok());
+  bank::v1::FaultConfig faults;
+  faults.set_seed(scenario.seed());
+  ASSERT_TRUE(scenario.StartBank(faults, false, {.timeout = "3s"}).ok());
+  SagadOptions so = scenario.SagadDefaults("outage-1");
+  so.db_pool_size = pool;
+  absl::StatusOr<SagadProcess*> sagad = scenario.Spawn(so);
+  ASSERT_TRUE(sagad.ok()) << sagad.status();
+  SagadProcess* proc = *sagad;
+  ASSERT_TRUE(scenario.InstallAudit().ok());
+
+  // Connections of sagad, sampled while the database is up.
+  std::atomic<int> max_connections{0};
+  std::atomic<bool> db_up{true}, stop_sampler{false};
+  std::thread sampler([&] {
+    std::unique_ptr<pqxx::connection> conn;
+    while (!stop_sampler) {
+      absl::SleepFor(absl::Milliseconds(100));
+      if (!db_up) {
+        conn.reset();
+        continue;
+      }
+      try {
+        if (!conn) conn = std::make_unique<pqxx::connection>(scenario.db().Url("saga-fault-sampler"));
+        pqxx::nontransaction txn(*conn);
+        const int n = txn.exec1("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                "'outage-1'")[0].as<int>();
+        int seen = max_connections.load();
+        while (n > seen && !max_connections.compare_exchange_weak(seen, n)) {}
+      } catch (const std::exception&) {
+        conn.reset();
+      }
+    }
+  });
+
+  Driver driver({.addresses = {proc->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
+                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "outage",
+                              .delay_ms = 500}));
+  driver.Start();
+  ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(60)));
+  absl::SleepFor(absl::Milliseconds(500));
+  const int in_flight_at_outage = driver.acked() - driver.terminal();
+  const int64_t rss_before = RssKiB(proc->pid());
+
+  // The outage.
+  const absl::Time t0 = absl::Now();
+  db_up = false;
+  ASSERT_TRUE(scenario.db().Stop("immediate").ok());
+  absl::Duration not_serving_after = absl::InfiniteDuration();
+  std::atomic<bool> outage_over{false};
+  std::thread health([&] {
+    while (!outage_over) {
+      if (proc->Health() == "NOT_SERVING" && not_serving_after == absl::InfiniteDuration()) {
+        not_serving_after = absl::Now() - t0;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  });
+  std::vector<Probe> probes;
+  {
+    auto stub = saga::v1::SagaOrchestrator::NewStub(
+        grpc::CreateChannel(proc->address(), grpc::InsecureChannelCredentials()));
+    const std::vector<SagaSpec> probe_specs =
+        MakeWorkload({.seed = scenario.seed(), .sagas = 100, .key_prefix = "outage-probe"});
+    for (size_t i = 0; i < probe_specs.size() && absl::Now() < t0 + outage - absl::Seconds(2); ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(15)));
+      saga::v1::StartSagaRequest req;
+      req.set_definition(kDefinitionName);
+      req.set_input_json(probe_specs[i].input_json);
+      req.set_idempotency_key(probe_specs[i].key);
+      saga::v1::StartSagaResponse resp;
+      const absl::Time sent = absl::Now();
+      grpc::Status s = stub->StartSaga(&ctx, req, &resp);
+      probes.push_back({CodeName(static_cast<int>(s.error_code())), absl::Now() - sent});
+      absl::SleepFor(absl::Milliseconds(1000));
+    }
+  }
+  const absl::Time resume_at = t0 + outage;
+  if (absl::Now() < resume_at) absl::SleepFor(resume_at - absl::Now());
+  const absl::Duration down = absl::Now() - t0;
+  ASSERT_TRUE(scenario.db().Start().ok());
+  const absl::Time t1 = absl::Now();
+  db_up = true;
+  outage_over = true;
+  health.join();
+
+  // Progress: the first event recorded after the database came back.
+  absl::Duration progress_after = absl::InfiniteDuration(), serving_after = absl::InfiniteDuration();
+  WaitUntil(
+      [&] {
+        if (serving_after == absl::InfiniteDuration() && proc->Health() == "SERVING") {
+          serving_after = absl::Now() - t1;
+        }
+        try {
+          pqxx::connection conn(scenario.db().Url("saga-fault-progress"));
+          pqxx::nontransaction txn(conn);
+          const int64_t n = txn.exec_params1(
+              "SELECT count(*) FROM saga_events WHERE recorded_at > to_timestamp($1::double precision / 1e6)",
+              absl::ToUnixMicros(t1))[0].as<int64_t>();
+          if (n > 0 && progress_after == absl::InfiniteDuration()) progress_after = absl::Now() - t1;
+        } catch (const std::exception&) {
+        }
+        return progress_after != absl::InfiniteDuration() &&
+               serving_after != absl::InfiniteDuration();
+      },
+      absl::Seconds(30), absl::Milliseconds(100));
+
+  EXPECT_TRUE(driver.WaitAllTerminal(absl::Seconds(90)))
+      << driver.terminal() << " of " << driver.acked() << " ended";
+  const int64_t rss_after = RssKiB(proc->pid());
+  driver.Stop();
+  stop_sampler = true;
+  sampler.join();
+  proc->Signal(SIGTERM);
+  EXPECT_TRUE(proc->WaitExit(absl::Seconds(30)));
+
+  std::map<std::string, int> probe_codes;
+  std::vector<double> probe_ms;
+  for (const auto& p : probes) {
+    ++probe_codes[p.code];
+    probe_ms.push_back(absl::ToDoubleMilliseconds(p.latency));
+  }
+  std::vector<std::string> codes;
+  for (const auto& [c, n] : probe_codes) codes.push_back(absl::StrCat(c, " ", n));
+  std::vector<double> ms = probe_ms;
+  const double probe_p50 = Percentile(ms, 50);  // sorts `ms`
+  const double probe_max = ms.empty() ? 0.0 : ms.back();
+  const Figures figures = {
+      {"sagas / in flight at the outage", absl::StrCat(sagas, " / ", in_flight_at_outage)},
+      {"database down", Seconds(down)},
+      {"health NOT_SERVING after", not_serving_after == absl::InfiniteDuration()
+                                       ? "never" : Millis(not_serving_after)},
+      {"StartSaga during the outage", absl::StrJoin(codes, ", ")},
+      {"StartSaga latency during the outage p50 / max",
+       absl::StrFormat("%.0f / %.0f ms", probe_p50, probe_max)},
+      {"sagad connections max (pool)", absl::StrCat(max_connections.load(), " (", pool, " + 1 LISTEN)")},
+      {"health SERVING after the return", serving_after == absl::InfiniteDuration()
+                                              ? "never" : Millis(serving_after)},
+      {"first progress after the return", progress_after == absl::InfiniteDuration()
+                                              ? "never" : Millis(progress_after)},
+      {"sagad RSS before / after", absl::StrFormat("%.1f / %.1f MiB", rss_before / 1024.0,
+                                                   rss_after / 1024.0)},
+  };
+  CheckOptions options;
+  options.heal_time = t1;
+  CheckReport report = CheckAndReport(scenario, driver.Records(), options, figures, kAllInvariants);
+  EXPECT_TRUE(report.Passed(kAllInvariants)) << report.InvariantSummary(kAllInvariants);
+  EXPECT_LE(not_serving_after, absl::Seconds(5));
+  EXPECT_FALSE(probes.empty());
+  for (const auto& p : probes) {
+    EXPECT_EQ(p.code, "UNAVAILABLE");
+    EXPECT_LE(p.latency, absl::Seconds(6)) << "StartSaga hung while the database was down";
+  }
+  EXPECT_LE(max_connections.load(), pool + 1);
+  EXPECT_LE(progress_after, absl::Seconds(5));
+  EXPECT_EQ(driver.acked(), sagas);
+}
+
+}  // namespace
+}  // namespace saga::fault
