@@ -1,12 +1,17 @@
 #include "tests/fault/harness/sagad_process.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -24,6 +29,18 @@ std::string SagadBinary() {
 #else
   return EnvString("SAGA_FAULT_SAGAD", "sagad");
 #endif
+}
+
+bool SagadHasFlag(const std::string& flag) {
+  static std::mutex mu;
+  static std::map<std::string, bool>* cache = new std::map<std::string, bool>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(flag);
+  if (it != cache->end()) return it->second;
+  const CommandResult help = RunCommand({SagadBinary(), "--help"}, absl::Seconds(20));
+  const bool has = help.output.find(flag) != std::string::npos;
+  (*cache)[flag] = has;
+  return has;
 }
 
 std::string HealthOf(const std::string& address, absl::Duration deadline) {
@@ -68,6 +85,12 @@ absl::StatusOr<std::unique_ptr<SagadProcess>> SagadProcess::Spawn(const SagadOpt
   for (const auto& dir : o.proto_path) {
     argv.push_back("--proto-path");
     argv.push_back(dir);
+  }
+  if (SagadHasFlag("--metrics-listen")) {
+    // Loopback only, and a port of its own (the default 0.0.0.0:9090 would be shared).
+    p->metrics_port_ = FreePort();
+    argv.push_back("--metrics-listen");
+    argv.push_back(absl::StrCat("127.0.0.1:", p->metrics_port_));
   }
   argv.insert(argv.end(), o.extra_args.begin(), o.extra_args.end());
   const pid_t pid = fork();
@@ -156,6 +179,44 @@ int SagadProcess::CountLogLines(const std::string& needle, size_t from) const {
     if (line.find(needle) != std::string::npos) ++n;
   }
   return n;
+}
+
+absl::StatusOr<double> SagadProcess::Metric(const std::string& name) const {
+  if (metrics_port_ == 0) return absl::UnavailableError("sagad has no --metrics-listen");
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::UnavailableError("socket");
+  timeval tv{.tv_sec = 5, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(metrics_port_));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot connect to metrics port ", metrics_port_));
+  }
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string body;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
+  close(fd);
+  double sum = 0;
+  bool found = false;
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name, 0) != 0 || line.size() <= name.size()) continue;
+    const char next = line[name.size()];
+    if (next != ' ' && next != '{') continue;
+    const auto space = line.rfind(' ');
+    sum += std::strtod(line.c_str() + space + 1, nullptr);
+    found = true;
+  }
+  if (!found) return absl::NotFoundError(absl::StrCat("metric ", name, " not exported"));
+  return sum;
 }
 
 }  // namespace saga::fault

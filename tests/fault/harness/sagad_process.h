@@ -30,6 +30,8 @@ struct SagadOptions {
 };
 
 std::string SagadBinary();
+// True if `sagad --help` lists `flag` (e.g. "--metrics-listen"); cached per flag.
+bool SagadHasFlag(const std::string& flag);
 
 class SagadProcess {
  public:
@@ -57,11 +59,17 @@ class SagadProcess {
   // Lines of the log file containing `needle`, from byte offset `from`.
   int CountLogLines(const std::string& needle, size_t from = 0) const;
   size_t LogSize() const;
+  // The sum of the series of metric `name` on the replica's /metrics (sagad builds with
+  // --metrics-listen; the harness binds it to a free loopback port). kUnavailable if the
+  // binary has no metrics endpoint or it cannot be reached.
+  absl::StatusOr<double> Metric(const std::string& name) const;
+  int metrics_port() const { return metrics_port_; }
 
  private:
   SagadProcess() = default;
   SagadOptions options_;
   pid_t pid_ = -1;
+  int metrics_port_ = 0;
   bool reaped_ = false;
   int wait_status_ = 0;
 };

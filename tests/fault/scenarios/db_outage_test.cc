@@ -187,3 +187,55 @@ TEST(FaultScenario, DatabaseOutage) {
 
 }  // namespace
 }  // namespace saga::fault
+
+namespace saga::fault {
+namespace {
+
+// A database outage longer than the lease while participant calls outlast the outage: when the
+// database returns, the replica's claim loop finds its own sagas due with expired leases. It
+// must not lose them: every saga must still end (I2). One replica, lease 3 s, the first call of
+// each saga held 20 s, the database down 10 s.
+TEST(FaultScenario, OutageLongerThanTheLease) {
+  Scenario scenario("outage_long_calls");
+  const int sagas = static_cast<int>(EnvInt("SAGA_FAULT_OUTAGE_LONG_SAGAS", 10));
+  ASSERT_TRUE(scenario.StartDatabase().ok());
+  bank::v1::FaultConfig faults;
+  faults.set_seed(scenario.seed());
+  ASSERT_TRUE(scenario.StartBank(faults, false, {.timeout = "30s"}).ok());
+  SagadOptions so = scenario.SagadDefaults("long-calls-1");
+  so.lease = "3s";
+  absl::StatusOr<SagadProcess*> sagad = scenario.Spawn(so);
+  ASSERT_TRUE(sagad.ok()) << sagad.status();
+  ASSERT_TRUE(scenario.InstallAudit().ok());
+  Driver driver({.addresses = {(*sagad)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
+                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "long-calls",
+                              .hold_first_step_ms = 20000}));
+  driver.Start();
+  ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(30)));
+  WaitUntil([&] { return scenario.BankInFlight() >= sagas; }, absl::Seconds(10));
+  ASSERT_TRUE(scenario.db().Stop("immediate").ok());
+  absl::SleepFor(absl::Seconds(10));
+  ASSERT_TRUE(scenario.db().Start().ok());
+  const absl::Time back = absl::Now();
+  // The held calls answer ~20 s after they were sent; then each saga needs a few seconds.
+  const bool ended = driver.WaitAllTerminal(absl::Seconds(60));
+  const int stuck = driver.acked() - driver.terminal();
+  driver.Stop();
+  (*sagad)->Signal(SIGTERM);
+  EXPECT_TRUE((*sagad)->WaitExit(absl::Seconds(30)));
+  const Figures figures = {
+      {"sagas / first call held", absl::StrCat(sagas, " / 20 s")},
+      {"lease / database down", "3 s / 10 s"},
+      {"sagas not ended 60 s after the database returned", absl::StrCat(stuck)},
+      {"'another replica owns it now' in the log (one replica only)",
+       absl::StrCat((*sagad)->CountLogLines("another replica owns it now"))},
+  };
+  CheckOptions options;
+  options.heal_time = back + absl::Seconds(12);  // when the held calls answer
+  CheckReport report = CheckAndReport(scenario, driver.Records(), options, figures, kAllInvariants);
+  EXPECT_TRUE(ended) << stuck << " sagas never ended";
+  EXPECT_TRUE(report.Passed(kAllInvariants)) << report.InvariantSummary(kAllInvariants);
+}
+
+}  // namespace
+}  // namespace saga::fault

@@ -85,6 +85,12 @@ TEST(FaultScenario, ZombieReplica) {
       "SELECT count(*) FROM fault_event_audit WHERE writer = 'zombie-a' AND at >= "
       "to_timestamp(", absl::ToUnixMicros(t2), "::double precision / 1e6)"));
   const int64_t taken = count("SELECT count(DISTINCT saga_id) FROM fault_owner_audit WHERE owner = 'zombie-b'");
+  // sagad's own counters, when it exports metrics.
+  const absl::StatusOr<double> fenced_metric = (*a)->Metric("saga_fenced_writes_total");
+  const absl::StatusOr<double> takeovers_metric = (*b)->Metric("saga_lease_takeovers_total");
+  auto shown = [](const absl::StatusOr<double>& v) {
+    return v.ok() ? absl::StrCat(static_cast<int64_t>(*v)) : std::string("n/a (no metrics)");
+  };
   (*a)->Signal(SIGTERM);
   (*b)->Signal(SIGTERM);
   EXPECT_TRUE((*a)->WaitExit(absl::Seconds(30)));
@@ -101,6 +107,8 @@ TEST(FaultScenario, ZombieReplica) {
       {"takeover by B after SIGSTOP", takeover == absl::InfiniteDuration() ? "never" : Seconds(takeover)},
       {"sagas B took", absl::StrCat(taken)},
       {"zombie writes rejected by the fence (A's log)", absl::StrCat(fenced)},
+      {"A's saga_fenced_writes_total", shown(fenced_metric)},
+      {"B's saga_lease_takeovers_total", shown(takeovers_metric)},
       {"zombie actors dropped on lease loss (A's log)", absl::StrCat(lease_lost)},
       {"zombie writes accepted after SIGCONT (audit)", absl::StrCat(accepted_after)},
   };
@@ -109,6 +117,9 @@ TEST(FaultScenario, ZombieReplica) {
   EXPECT_EQ(owned_by_a, sagas);
   EXPECT_LE(takeover, absl::Seconds(lease_s + 5));
   EXPECT_EQ(accepted_after, 0);
+  if (fenced_metric.ok()) {
+    EXPECT_GE(*fenced_metric, fenced) << "the store's fence counter";
+  }
 }
 
 }  // namespace
