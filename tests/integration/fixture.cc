@@ -138,7 +138,8 @@ pid_t SagaTest::SpawnSagad(const std::string& owner_id) {
     (void)f;
     execl(SAGAD_PATH, "sagad", "--listen", listen.c_str(), "--database-url", db_->url().c_str(),
           "--definitions", defs_dir_.c_str(), "--proto-path", proto_dir_.c_str(), "--owner-id",
-          owner_id.c_str(), "--lease", "2s", "--poll-interval", "200ms", nullptr);
+          owner_id.c_str(), "--lease", "2s", "--poll-interval", "200ms", "--metrics-listen", "",
+          nullptr);
     std::_Exit(127);
   }
   children_.push_back(pid);
