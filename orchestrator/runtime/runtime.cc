@@ -269,15 +269,24 @@ void Runtime::AfterCommit(const ActorPtr& actor, absl::Status status, engine::De
     if (observer_ != nullptr) {  // ops
       observer_->OnSagaFinished(*actor->def, actor->state.status, absl::Now() - actor->created_at);
     }
-    spdlog::debug("saga {} {}{}", actor->id, engine::SagaStatusName(actor->state.status),
-                 actor->state.error.empty() ? "" : ": " + actor->state.error);
+    // Completions are routine (debug); compensations are worth seeing; FAILED needs an operator.
+    const auto level = actor->state.status == engine::SagaStatus::kFailed ? spdlog::level::warn
+                       : actor->state.status == engine::SagaStatus::kCompensated
+                           ? spdlog::level::info
+                           : spdlog::level::debug;
+    spdlog::log(level, "saga {} {}{}", actor->id, engine::SagaStatusName(actor->state.status),
+                actor->state.error.empty() ? "" : ": " + actor->state.error);
     {
       std::lock_guard<std::mutex> lock(actor->mu);
       actor->dead = true;
       actor->busy = false;
     }
     std::lock_guard<std::mutex> lock(actors_mu_);
-    if (actors_.erase(actor->id) > 0) stats_.active--;
+    if (auto it = actors_.find(actor->id); it != actors_.end() && it->second == actor) {
+      // Only this actor: a newer one may hold the saga after a reclaim.
+      actors_.erase(it);
+      stats_.active--;
+    }
     return;
   }
   Execute(actor, decision);
@@ -375,7 +384,11 @@ void Runtime::Drop(const ActorPtr& actor, const absl::Status& why) {
   }
   stats_.ownership_lost++;
   std::lock_guard<std::mutex> lock(actors_mu_);
-  if (actors_.erase(actor->id) > 0) stats_.active--;
+  if (auto it = actors_.find(actor->id); it != actors_.end() && it->second == actor) {
+      // Only this actor: a newer one may hold the saga after a reclaim.
+      actors_.erase(it);
+      stats_.active--;
+    }
   if (why.code() == absl::StatusCode::kAborted) {
     spdlog::warn("saga {}: another replica owns it now ({})", actor->id, std::string(why.message()));
   } else {
