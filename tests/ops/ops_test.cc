@@ -2,6 +2,7 @@
 // binary (child processes) or an in-process server, with the example shop participants.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -331,7 +332,8 @@ TEST_F(OpsTest, JsonLogsStayValidWithHostileStrings) {
   const std::string declined = Start("order-fast", input);
   ASSERT_TRUE(WaitForStatus(declined, saga::v1::SAGA_STATUS_COMPENSATED)) << p.Log();
   // An abort with a hostile reason, during a slow reserve.
-  const std::string aborted = Start("order-fast", Order("h2", {{"reserve", {{"delay_ms", 200}}}}));
+  const std::string aborted =
+      Start("order-fulfillment", Order("h2", {{"reserve", {{"delay_ms", 1000}}}}));
   {
     grpc::ClientContext ctx;
     saga::v1::AbortSagaRequest req;
@@ -339,11 +341,9 @@ TEST_F(OpsTest, JsonLogsStayValidWithHostileStrings) {
     req.set_reason(hostile);
     saga::v1::AbortSagaResponse resp;
     grpc::Status s = stub_->AbortSaga(&ctx, req, &resp);
-    EXPECT_TRUE(s.ok() || s.error_code() == grpc::StatusCode::FAILED_PRECONDITION)
-        << s.error_message();
+    EXPECT_TRUE(s.ok()) << s.error_message();
   }
-  EXPECT_TRUE(WaitForStatus(aborted, saga::v1::SAGA_STATUS_COMPENSATED, absl::Seconds(10)) ||
-              WaitForStatus(aborted, saga::v1::SAGA_STATUS_COMPLETED, absl::Seconds(1)));
+  EXPECT_TRUE(WaitForStatus(aborted, saga::v1::SAGA_STATUS_COMPENSATED, absl::Seconds(10)));
   p.Signal(SIGTERM);
   EXPECT_EQ(p.WaitExit(absl::Seconds(10)), 0);
   std::vector<nlohmann::json> lines;
@@ -379,7 +379,7 @@ TEST_F(OpsTest, SigtermDrainsCallsInFlightAndExitsZero) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ(health, "NOT_SERVING");
-  EXPECT_LT(absl::Now() - sent, absl::Milliseconds(900));
+  EXPECT_LT(absl::Now() - sent, absl::Milliseconds(1000));
   {  // New starts are refused while draining.
     saga::v1::StartSagaResponse resp;
     grpc::Status s = TryStart("order-fulfillment", Order("s2").dump(), "", &resp);
@@ -434,9 +434,11 @@ TEST_F(OpsTest, DevModeRunsAndStopsItsOwnPostgres) {
     }
     absl::StatusOr<std::string> bin = server::FindPostgresBinDir();
     if (!bin.ok()) return ::testing::AssertionFailure() << bin.status();
+    // pg_ctl refuses root: ask as the user the cluster belongs to.
+    const char* user = getpwnam("postgres") != nullptr ? "postgres" : "nobody";
     const std::string status_cmd =
-        absl::StrCat(geteuid() == 0 ? "runuser -u postgres -- " : "", *bin, "/pg_ctl status -D '",
-                     pgdata, "' >/dev/null 2>&1");
+        absl::StrCat(geteuid() == 0 ? absl::StrCat("runuser -u ", user, " -- ") : "", *bin,
+                     "/pg_ctl status -D '", pgdata, "' >/dev/null 2>&1");
     const int rc = std::system(status_cmd.c_str());
     if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 3) {
       return ::testing::AssertionFailure() << "pg_ctl status exit " << WEXITSTATUS(rc);
