@@ -97,6 +97,11 @@ void Runtime::Stop(absl::Duration drain) {
     timers_.clear();
   }
   timer_cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(wake_mu_);
+    leases_stopped_ = true;
+  }
+  wake_cv_.notify_all();
   claim_thread_.join();
   lease_thread_.join();
   timer_thread_.join();
@@ -438,10 +443,20 @@ void Runtime::Adopt(store::ClaimedSaga claimed) {
   actor->clear_requests = claimed.row.abort_requested || claimed.row.retry_requested;
   {
     std::lock_guard<std::mutex> lock(actors_mu_);
-    if (actors_.contains(actor->id)) return;
-    actors_[actor->id] = actor;
+    if (auto it = actors_.find(actor->id); it != actors_.end()) {
+      // We claimed a saga we still hold in memory (our lease ran out, e.g. during a database
+      // outage): the claim bumped the fence, so the old actor can no longer write. Replace it;
+      // the new one resumes from the recorded history with the new fence.
+      {
+        std::lock_guard<std::mutex> alock(it->second->mu);
+        it->second->dead = true;
+      }
+      it->second = actor;
+    } else {
+      actors_[actor->id] = actor;
+      stats_.active++;
+    }
   }
-  stats_.active++;
   stats_.claims++;
   common::ScopedLogContext log_ctx(actor->id, {}, common::TraceIdOf(actor->traceparent));  // ops
   spdlog::info("saga {}: resumed at event {} ({})", actor->id, actor->state.last_seq,
@@ -535,13 +550,14 @@ void Runtime::ClaimLoop() {
 }
 
 void Runtime::LeaseLoop() {
-  while (!stopping_.load()) {
+  // Leases are renewed while draining too, so that calls in flight keep their sagas.
+  while (!leases_stopped_.load()) {
     {
       std::unique_lock<std::mutex> lock(wake_mu_);
       wake_cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.renew_interval),
-                        [this] { return stopping_.load(); });
+                        [this] { return leases_stopped_.load(); });
     }
-    if (stopping_.load()) return;
+    if (leases_stopped_.load()) return;
     std::vector<std::string> before;
     {
       std::lock_guard<std::mutex> lock(actors_mu_);

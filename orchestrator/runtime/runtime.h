@@ -167,6 +167,7 @@ class Runtime {
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> draining_{false};
+  std::atomic<bool> leases_stopped_{false};
   std::atomic<int64_t> calls_in_flight_{0};
   std::atomic<int64_t> commits_in_flight_{0};
 

@@ -746,9 +746,16 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
   report.AddNumber("late actions refused (anti-hanging)", static_cast<double>(refused_late));
   report.AddNumber("empty compensations", static_cast<double>(empty_comps));
   std::vector<double> tt = to_terminal;
-  report.AddNumber("time to terminal p50 (s)", Percentile(tt, 50), 2);
-  report.AddNumber("time to terminal p99 (s)", Percentile(tt, 99), 2);
-  report.AddNumber("time to terminal max (s)", tt.empty() ? 0 : tt.back(), 2);
+  if (tt.empty()) {
+    for (const char* f : {"time to terminal p50 (s)", "time to terminal p99 (s)",
+                          "time to terminal max (s)"}) {
+      report.AddFigure(f, "n/a (no saga ended)");
+    }
+  } else {
+    report.AddNumber("time to terminal p50 (s)", Percentile(tt, 50), 2);
+    report.AddNumber("time to terminal p99 (s)", Percentile(tt, 99), 2);
+    report.AddNumber("time to terminal max (s)", tt.back(), 2);
+  }
   report.AddNumber("longest pause in progress (s)", static_cast<double>(longest_pause) / 1e6, 2);
   if (!options.banks.empty()) {
     report.AddFigure("balance total (initial)", absl::StrCat(total, " (", initial_total, ")"));

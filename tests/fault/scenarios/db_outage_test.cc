@@ -221,12 +221,25 @@ TEST(FaultScenario, OutageLongerThanTheLease) {
   const bool ended = driver.WaitAllTerminal(absl::Seconds(60));
   const int stuck = driver.acked() - driver.terminal();
   driver.Stop();
+  // A stuck saga's row: still RUNNING, owned by this very replica, its lease kept renewed.
+  int64_t leased_by_itself = -1;
+  try {
+    pqxx::connection conn(scenario.DbUrl());
+    pqxx::nontransaction txn(conn);
+    leased_by_itself = txn.exec1(
+        "SELECT count(*) FROM sagas WHERE status = 'RUNNING' AND owner = 'long-calls-1'"
+        " AND lease_expires_at > now() AND fence > 1")[0].as<int64_t>();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
   (*sagad)->Signal(SIGTERM);
   EXPECT_TRUE((*sagad)->WaitExit(absl::Seconds(30)));
   const Figures figures = {
       {"sagas / first call held", absl::StrCat(sagas, " / 20 s")},
       {"lease / database down", "3 s / 10 s"},
       {"sagas not ended 60 s after the database returned", absl::StrCat(stuck)},
+      {"of them RUNNING, re-claimed by and still leased to the same replica",
+       absl::StrCat(leased_by_itself)},
       {"'another replica owns it now' in the log (one replica only)",
        absl::StrCat((*sagad)->CountLogLines("another replica owns it now"))},
   };
