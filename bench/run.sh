@@ -76,7 +76,7 @@ while [[ $# -gt 0 ]]; do
 done
 case "$FORMAT" in table|json) ;; *) echo "run.sh: --format table|json" >&2; exit 1 ;; esac
 
-SAGAD="$BUILD_DIR/orchestrator/server/sagad"
+SAGAD="${SAGA_BENCH_SAGAD:-$BUILD_DIR/orchestrator/server/sagad}"  # SAGA_BENCH_SAGAD: another sagad binary, e.g. to compare two builds
 SAGACTL="$BUILD_DIR/orchestrator/cli/sagactl"
 PARTICIPANTS="$BUILD_DIR/bench/bench-participants"
 CEILING_BIN="$BUILD_DIR/bench/bench-participants-ceiling"
@@ -259,6 +259,15 @@ for inflight in $INFLIGHTS; do
   done
 done
 log "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+# PostgreSQL's own log: deadlocks and errors are worth seeing next to the figures.
+PG_LOG="$(pg_lsclusters -h 2>/dev/null | awk -v port="${PGPORT:-5432}" '$3 == port {print $7}')"
+if [[ -n "$PG_LOG" && -r "$PG_LOG" ]]; then
+  cp "$PG_LOG" "$LOGDIR/postgresql.log"
+  if grep -q "ERROR" "$PG_LOG"; then
+    log "PostgreSQL reported errors (full log: $LOGDIR/postgresql.log, kept with --keep-logs):"
+    grep -A6 "ERROR" "$PG_LOG" | head -40 >&2
+  fi
+fi
 if [[ -n "$SAMPLER_PID" ]]; then
   kill "$SAMPLER_PID" 2>/dev/null || true
   wait "$SAMPLER_PID" 2>/dev/null || true

@@ -201,6 +201,7 @@ EventHub::~EventHub() {
 
 int64_t EventHub::Subscribe(const std::string& saga_id, Callback cb) {
   std::lock_guard<std::mutex> lock(mu_);
+  RemoveDetachedLocked();
   const int64_t token = next_token_++;
   auto sub = std::make_shared<Sub>();
   sub->saga_id = saga_id;
@@ -219,9 +220,29 @@ void EventHub::Unsubscribe(int64_t token) {
     std::lock_guard<std::mutex> cb_lock(it->second->cb_mu);
     it->second->active = false;
   }
+  EraseLocked(it);
+}
+
+void EventHub::Detach(int64_t token) {
+  std::lock_guard<std::mutex> lock(detached_mu_);
+  detached_.push_back(token);
+}
+
+void EventHub::RemoveDetachedLocked() {
+  std::vector<int64_t> detached;
+  {
+    std::lock_guard<std::mutex> lock(detached_mu_);
+    detached.swap(detached_);
+  }
+  for (int64_t token : detached) {
+    if (auto it = subs_.find(token); it != subs_.end()) EraseLocked(it);
+  }
+}
+
+void EventHub::EraseLocked(std::map<int64_t, std::shared_ptr<Sub>>::iterator it) {
   auto range = by_saga_.equal_range(it->second->saga_id);
   for (auto i = range.first; i != range.second; ++i) {
-    if (i->second == token) {
+    if (i->second == it->first) {
       by_saga_.erase(i);
       break;
     }
@@ -253,6 +274,7 @@ void EventHub::PollLoop() {
     std::map<std::string, std::vector<std::shared_ptr<Sub>>> watched;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      RemoveDetachedLocked();
       const absl::Time now = absl::Now();
       for (const auto& [token, sub] : subs_) {
         // Sagas of this replica publish their events at once; poll only the quiet ones.
@@ -382,6 +404,13 @@ grpc::ServerUnaryReactor* SagaService::StartSaga(grpc::CallbackServerContext* ct
     fail(input.status());
     return reactor;
   }
+  // The definition usually comes from the registry's cache: then the saga starts on this
+  // thread. Otherwise the registry reads the database, which must not block a gRPC thread.
+  if (runtime::DefinitionPtr def =
+          registry_->GetCached(request->definition(), request->version())) {
+    Start(std::move(def), *std::move(input), request, reactor, response);
+    return reactor;
+  }
   db_.Post([this, reactor, request, response, input = *std::move(input)]() mutable {
     absl::StatusOr<runtime::DefinitionPtr> def =
         registry_->Get(request->definition(), request->version());
@@ -389,37 +418,43 @@ grpc::ServerUnaryReactor* SagaService::StartSaga(grpc::CallbackServerContext* ct
       reactor->Finish(ToGrpcStatus(def.status()));
       return;
     }
-    runtime::StartRequest start;
-    start.definition = *def;
-    start.input_json = input.dump();
-    start.input_hash = definition::Sha256Hex(start.input_json);
-    start.input = std::move(input);
-    start.idempotency_key = request->idempotency_key();
-    start.traceparent = request->traceparent();
-    if (start.traceparent.empty()) {
-      // Every saga gets a trace, so that its logs and participant calls can be correlated.
-      const std::string id = runtime::NewUuid();
-      std::string hex;
-      for (char c : id) {
-        if (c != '-') hex.push_back(c);
-      }
-      start.traceparent = absl::StrCat("00-", hex, "-", hex.substr(0, 16), "-01");
-    }
-    const bool wait = request->wait();
-    runtime_->StartSaga(std::move(start), [this, reactor, response,
-                                           wait](absl::StatusOr<store::StartResult> result) {
-      if (result.ok()) {
-        response->set_saga_id(result->saga_id);
-        response->set_created(result->created);
-      }
-      if (!result.ok() || !wait) {
-        reactor->Finish(ToGrpcStatus(result.status()));
-        return;
-      }
-      AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
-    });
+    Start(*std::move(def), std::move(input), request, reactor, response);
   });
   return reactor;
+}
+
+void SagaService::Start(runtime::DefinitionPtr def, nlohmann::json input,
+                        const saga::v1::StartSagaRequest* request,
+                        grpc::ServerUnaryReactor* reactor, saga::v1::StartSagaResponse* response) {
+  runtime::StartRequest start;
+  start.definition = std::move(def);
+  start.input_json = input.dump();
+  start.input_hash = definition::Sha256Hex(start.input_json);
+  start.input = std::move(input);
+  start.idempotency_key = request->idempotency_key();
+  start.traceparent = request->traceparent();
+  if (start.traceparent.empty()) {
+    // Every saga gets a trace, so that its logs and participant calls can be correlated.
+    const std::string id = runtime::NewUuid();
+    std::string hex;
+    for (char c : id) {
+      if (c != '-') hex.push_back(c);
+    }
+    start.traceparent = absl::StrCat("00-", hex, "-", hex.substr(0, 16), "-01");
+  }
+  const bool wait = request->wait();
+  runtime_->StartSaga(std::move(start), [this, reactor, response,
+                                         wait](absl::StatusOr<store::StartResult> result) {
+    if (result.ok()) {
+      response->set_saga_id(result->saga_id);
+      response->set_created(result->created);
+    }
+    if (!result.ok() || !wait) {
+      reactor->Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
+  });
 }
 
 // Answers `reactor` once the saga's terminal event is recorded. The subscription comes first,
@@ -436,16 +471,19 @@ void SagaService::AwaitEnd(const std::string& saga_id, bool check_store,
   auto waiter = std::make_shared<Waiter>();
   auto finish = [this, reactor, response, waiter](engine::SagaStatus status,
                                                   const std::string& error) {
+    int64_t token = 0;
     {
       std::lock_guard<std::mutex> lock(waiter->mu);
       if (waiter->done) return;
       waiter->done = true;
+      token = waiter->token;  // 0 if Subscribe has not returned yet: then AwaitEnd detaches
     }
     response->set_status(ToProto(status));
     response->set_error(error);
     reactor->Finish(grpc::Status::OK);
-    // Not from inside the hub's callback: Unsubscribe waits for it to return.
-    db_.Post([this, waiter] { hub_.Unsubscribe(waiter->token); });
+    // May run inside the hub's callback, so no Unsubscribe (it waits for the callback to
+    // return); a late event finds `done` set and does nothing.
+    if (token != 0) hub_.Detach(token);
   };
   const int64_t token =
       hub_.Subscribe(saga_id, [waiter, finish](const std::vector<engine::Event>& events) {
@@ -480,10 +518,13 @@ void SagaService::AwaitEnd(const std::string& saga_id, bool check_store,
           }
         }
       });
+  bool done = false;
   {
     std::lock_guard<std::mutex> lock(waiter->mu);
     waiter->token = token;
+    done = waiter->done;
   }
+  if (done) hub_.Detach(token);
   if (!check_store) return;
   db_.Post([this, saga_id, finish] {
     absl::StatusOr<store::SagaRow> row = store_->GetSaga(saga_id);

@@ -45,11 +45,19 @@ class EventHub {
   EventHub(store::Store* store, absl::Duration poll_interval);
   ~EventHub();
   int64_t Subscribe(const std::string& saga_id, Callback cb);
+  // Removes the subscription; when it returns, its callback is not running and will not run.
+  // Must not be called from inside a callback.
   void Unsubscribe(int64_t token);
+  // Removes the subscription soon, without waiting: callable from inside its callback, which
+  // may still run a few times afterwards.
+  void Detach(int64_t token);
   void Publish(const std::string& saga_id, const std::vector<engine::Event>& events);
 
  private:
   void PollLoop();
+  struct Sub;
+  void RemoveDetachedLocked();
+  void EraseLocked(std::map<int64_t, std::shared_ptr<Sub>>::iterator it);
   struct Sub {
     std::string saga_id;
     Callback cb;
@@ -63,6 +71,8 @@ class EventHub {
   std::map<int64_t, std::shared_ptr<Sub>> subs_;
   std::multimap<std::string, int64_t> by_saga_;
   int64_t next_token_ = 1;
+  std::mutex detached_mu_;  // taken without mu_, even inside callbacks
+  std::vector<int64_t> detached_;
   std::atomic<bool> stop_{false};
   std::thread poller_;
 };
@@ -120,6 +130,9 @@ class SagaService final : public saga::v1::SagaOrchestrator::CallbackService {
 
  private:
   class WatchReactor;
+  void Start(runtime::DefinitionPtr def, nlohmann::json input,
+             const saga::v1::StartSagaRequest* request, grpc::ServerUnaryReactor* reactor,
+             saga::v1::StartSagaResponse* response);
   void AwaitEnd(const std::string& saga_id, bool check_store, grpc::ServerUnaryReactor* reactor,
                 saga::v1::StartSagaResponse* response);
 

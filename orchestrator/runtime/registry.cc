@@ -31,20 +31,21 @@ absl::StatusOr<RegisterResult> DefinitionRegistry::Register(
   return RegisterResult{def, put.created};
 }
 
+DefinitionPtr DefinitionRegistry::GetCached(const std::string& name, int version) {
+  const absl::Time now = absl::Now();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (version > 0) {
+    auto it = versions_.find({name, version});
+    return it != versions_.end() ? it->second : nullptr;
+  }
+  auto it = latest_.find(name);
+  if (it != latest_.end() && now - it->second.fetched < latest_ttl_) return it->second.definition;
+  return nullptr;
+}
+
 absl::StatusOr<DefinitionPtr> DefinitionRegistry::Get(const std::string& name, int version) {
   const absl::Time now = absl::Now();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (version > 0) {
-      auto it = versions_.find({name, version});
-      if (it != versions_.end()) return it->second;
-    } else {
-      auto it = latest_.find(name);
-      if (it != latest_.end() && now - it->second.fetched < latest_ttl_) {
-        return it->second.definition;
-      }
-    }
-  }
+  if (DefinitionPtr cached = GetCached(name, version)) return cached;
   SAGA_ASSIGN_OR_RETURN(DefinitionPtr def, Load(name, version));
   std::lock_guard<std::mutex> lock(mu_);
   auto [it, inserted] = versions_.try_emplace({def->name, def->version}, def);

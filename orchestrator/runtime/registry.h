@@ -41,6 +41,10 @@ class DefinitionRegistry {
   // version 0 = latest. NOT_FOUND for an unknown name or version.
   absl::StatusOr<DefinitionPtr> Get(const std::string& name, int version);
 
+  // The definition if the cache can answer without the database (for "latest": fetched less
+  // than latest_ttl ago), else nullptr. Never blocks on I/O.
+  DefinitionPtr GetCached(const std::string& name, int version);
+
  private:
   absl::StatusOr<DefinitionPtr> Load(const std::string& name, int version);
 

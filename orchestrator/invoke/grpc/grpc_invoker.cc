@@ -436,6 +436,10 @@ class Target {
 
 // One call in flight; its address is the completion-queue tag. Everything here must live until
 // the tag has been delivered.
+// Calls of Call() running on this thread: a call that gRPC fails inside UnaryCall completes
+// there, and its `done` must not run inside Call.
+thread_local int calls_in_progress_on_this_thread = 0;
+
 struct CallState {
   // Declared before `method`: destroyed after it.
   std::shared_ptr<const void> keep_alive;
@@ -445,8 +449,6 @@ struct CallState {
   ::grpc::ByteBuffer request;
   ::grpc::ByteBuffer response;
   ::grpc::Status status;
-  // Arena-allocated in the call that `context` owns: declared after it, destroyed before it.
-  std::unique_ptr<::grpc::ClientAsyncResponseReader<::grpc::ByteBuffer>> reader;
   std::atomic<bool> cancelled_for_shutdown{false};
 };
 
@@ -460,7 +462,6 @@ class GrpcInvoker::Impl {
       : credentials_(options.credentials != nullptr ? std::move(options.credentials)
                                                     : ::grpc::InsecureChannelCredentials()),
         channels_per_target_(std::max(1, options.channels_per_target)) {
-    const int threads = std::max(1, options.completion_threads);
     channel_args_.SetMaxReceiveMessageSize(
         options.max_receive_message_bytes > 0 ? options.max_receive_message_bytes : 4 << 20);
     if (channels_per_target_ > 1) {
@@ -469,10 +470,6 @@ class GrpcInvoker::Impl {
     }
     print_options_.preserve_proto_field_names = true;
     print_options_.always_print_primitive_fields = true;
-    completion_threads_.reserve(static_cast<size_t>(threads));
-    for (int i = 0; i < threads; ++i) {
-      completion_threads_.emplace_back([this] { RunCompletionQueue(); });
-    }
   }
 
   ~Impl() {
@@ -499,11 +496,7 @@ class GrpcInvoker::Impl {
           },
           &live_));
     }
-    // Nothing is in flight any more: drain and stop the completion queue.
-    cq_.Shutdown();
-    for (std::thread& thread : completion_threads_) {
-      thread.join();
-    }
+    // Nothing is in flight any more.
     std::thread completer;
     {
       absl::MutexLock lock(&early_mu_);
@@ -577,9 +570,15 @@ class GrpcInvoker::Impl {
                            absl::UnavailableError("invoker is shutting down"));
     }
     state.reset();
-    raw->reader = stub->PrepareUnaryCall(&raw->context, raw->method->path, raw->request, &cq_);
-    raw->reader->StartCall();
-    raw->reader->Finish(&raw->response, &raw->status, raw);
+    // The callback API: gRPC runs the callback on the thread that read the reply (one of its
+    // pollers), so the answer reaches the caller without another thread hop.
+    ++calls_in_progress_on_this_thread;
+    stub->UnaryCall(&raw->context, raw->method->path, ::grpc::StubOptions(), &raw->request,
+                    &raw->response, [this, raw](::grpc::Status status) {
+                      raw->status = std::move(status);
+                      OnCallDone(raw);
+                    });
+    --calls_in_progress_on_this_thread;
   }
 
  private:
@@ -590,21 +589,17 @@ class GrpcInvoker::Impl {
     CallResult result;
   };
 
-  // The invoker's completion threads. Next() blocks until an event or the queue's shutdown.
-  void RunCompletionQueue() {
-    void* tag = nullptr;
-    bool ok = false;
-    while (cq_.Next(&tag, &ok)) {
-      OnCallDone(static_cast<CallState*>(tag));  // Finish tags of unary calls are always ok
-    }
-  }
-
-  // Runs on a completion thread.
+  // Runs on a gRPC thread, or inside UnaryCall when gRPC fails the call at once; `done` then
+  // goes to the completer thread, since it must never run inside Call.
   void OnCallDone(CallState* state) {
     {
       CallResult result = MakeResult(*state, state->status);
       absl::AnyInvocable<void(CallResult)&&> done = std::move(state->done);
-      std::move(done)(std::move(result));
+      if (calls_in_progress_on_this_thread > 0) {
+        CompleteEarly(std::move(done), std::move(result));
+      } else {
+        std::move(done)(std::move(result));
+      }
     }
     std::shared_ptr<CallState> owned;
     {
@@ -662,8 +657,11 @@ class GrpcInvoker::Impl {
 
   // Completes `done` on the completer thread: never inside Call.
   void CompleteEarly(absl::AnyInvocable<void(CallResult) &&> done, absl::Status status) {
+    CompleteEarly(std::move(done), CallResult{std::move(status), {}});
+  }
+  void CompleteEarly(absl::AnyInvocable<void(CallResult) &&> done, CallResult result) {
     absl::MutexLock lock(&early_mu_);
-    early_.push_back(EarlyCompletion{std::move(done), CallResult{std::move(status), {}}});
+    early_.push_back(EarlyCompletion{std::move(done), std::move(result)});
     if (!completer_started_) {
       completer_started_ = true;
       completer_ = std::thread([this] { RunCompleter(); });
@@ -782,9 +780,6 @@ class GrpcInvoker::Impl {
   absl::Mutex targets_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<Target>> targets_ ABSL_GUARDED_BY(targets_mu_);
 
-  // Completions of every call; drained by completion_threads_ (Next() without timeout).
-  ::grpc::CompletionQueue cq_;
-  std::vector<std::thread> completion_threads_;
 
   absl::Mutex live_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(live_mu_) = false;

@@ -33,9 +33,10 @@
 // a new pool at a reused address is never confused with a dead one. Pass `keep_alive`: without
 // it, descriptors of pools other than the generated pool are not cached (slow path).
 //
-// Threads: `completion_threads` threads block on the completion queue and run `done` for calls
-// made; one more thread, started on the first such error, runs `done` for errors found before
-// calling. No thread per call, channel or target.
+// Threads: calls use gRPC's callback API; `done` runs on the gRPC thread that read the reply
+// (no further thread hop). One more thread, started on the first such error, runs `done` for
+// errors found before calling (and for calls gRPC fails at once). No thread per call, channel
+// or target.
 //
 // Thread-safety: Call may be invoked concurrently from any thread. `done` runs exactly once, on
 // one of the invoker's threads, never inside Call and never while the invoker holds a lock; it
@@ -61,15 +62,11 @@ struct GrpcInvokerOptions {
   std::shared_ptr<::grpc::ChannelCredentials> credentials;
   // Channels (each with its own connection) per target, used round-robin. Values < 1 mean 1.
   int channels_per_target = 1;
-  // Threads that poll the completion queue (and so drive the channels' I/O) and run `done`.
-  // Values < 1 mean 1.
-  int completion_threads = 1;
 };
 
 class GrpcInvoker final : public saga::invoke::Invoker {
  public:
-  // Never fails. Starts the completion threads; creates no channel before the first call to a
-  // target.
+  // Never fails. Creates no channel before the first call to a target.
   static std::unique_ptr<GrpcInvoker> Create(GrpcInvokerOptions options);
 
   GrpcInvoker(const GrpcInvoker&) = delete;

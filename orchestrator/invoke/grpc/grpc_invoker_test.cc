@@ -763,10 +763,9 @@ TEST_F(GrpcInvokerTest, SustainedThroughput) {
       cpu * 1e6 / kCalls);
 }
 
-TEST_F(GrpcInvokerTest, SeveralChannelsPerTargetAndCompletionThreads) {
+TEST_F(GrpcInvokerTest, SeveralChannelsPerTarget) {
   GrpcInvokerOptions options;
   options.channels_per_target = 3;
-  options.completion_threads = 2;
   invoker_ = GrpcInvoker::Create(options);
   constexpr int kCalls = 30;
   std::vector<Outcome> outcomes(kCalls);

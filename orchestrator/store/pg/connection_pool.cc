@@ -73,6 +73,12 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> OpenConnection(
     const std::string& conninfo, std::span<const sql::Statement> statements) {
   try {
     auto conn = std::make_unique<pqxx::connection>(conninfo);
+    // Plan each prepared statement once. With the default (auto), PostgreSQL re-plans
+    // statements whose parameters are arrays on every execution, because a plan for the actual
+    // array lengths looks cheaper than the generic one; for the group-commit statement that
+    // planning (about 0.6 ms) costs more than running it. Every statement of statements.h
+    // reaches its rows through an index whatever its parameters, so one plan serves all.
+    conn->set_variable("plan_cache_mode", "force_generic_plan");
     for (const sql::Statement& statement : statements) {
       conn->prepare(std::string(statement.name), std::string(statement.sql));
     }
@@ -172,9 +178,15 @@ int ConnectionPool::in_use() const {
   return in_use_;
 }
 
-absl::Status WithTransaction(ConnectionPool& pool, std::string_view op,
-                             absl::FunctionRef<absl::Status(pqxx::work&)> fn,
-                             const TransactionOptions& options) {
+namespace {
+
+// Runs `fn` on a pooled connection in a `Txn` (pqxx::work or pqxx::nontransaction), with the
+// retries WithTransaction documents. `autocommit`: each statement commits on its own, so a
+// connection lost at any point leaves the outcome unknown.
+template <typename Txn>
+absl::Status RunWithRetries(ConnectionPool& pool, std::string_view op,
+                            absl::FunctionRef<absl::Status(pqxx::transaction_base&)> fn,
+                            const TransactionOptions& options, bool autocommit) {
   int conflict_attempts = 0;
   int reconnects = 0;
   while (true) {
@@ -183,10 +195,10 @@ absl::Status WithTransaction(ConnectionPool& pool, std::string_view op,
       return absl::Status(handle.status().code(),
                           absl::StrFormat("%s: %s", op, handle.status().message()));
     }
-    bool committing = false;
+    bool committing = autocommit;
     Classified failure;
     try {
-      pqxx::work txn(handle->conn());
+      Txn txn(handle->conn());
       absl::Status status = fn(txn);
       if (!status.ok()) {
         txn.abort();
@@ -202,6 +214,8 @@ absl::Status WithTransaction(ConnectionPool& pool, std::string_view op,
       handle->MarkBroken();
       if (failure.retry == Retry::kReconnect) pool.DiscardIdle();
     }
+    // A conflict (deadlock, serialization failure) rolled back everything, even the one
+    // statement of an autocommit run: running it again is safe.
     if (failure.retry == Retry::kConflict && ++conflict_attempts < options.max_conflict_attempts) {
       absl::SleepFor(absl::Milliseconds(2 * conflict_attempts));
       continue;
@@ -210,6 +224,20 @@ absl::Status WithTransaction(ConnectionPool& pool, std::string_view op,
     if (failure.retry == Retry::kReconnect && ++reconnects <= 1) continue;
     return failure.status;
   }
+}
+
+}  // namespace
+
+absl::Status WithTransaction(ConnectionPool& pool, std::string_view op,
+                             absl::FunctionRef<absl::Status(pqxx::transaction_base&)> fn,
+                             const TransactionOptions& options) {
+  return RunWithRetries<pqxx::work>(pool, op, fn, options, /*autocommit=*/false);
+}
+
+absl::Status WithAutocommit(ConnectionPool& pool, std::string_view op,
+                            absl::FunctionRef<absl::Status(pqxx::transaction_base&)> fn,
+                            const TransactionOptions& options) {
+  return RunWithRetries<pqxx::nontransaction>(pool, op, fn, options, /*autocommit=*/true);
 }
 
 }  // namespace saga::store::pg

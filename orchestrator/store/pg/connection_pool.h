@@ -100,8 +100,17 @@ struct TransactionOptions {
 // (retries after serialization failures, deadlocks and a connection lost before COMMIT), so
 // it must reset its outputs on entry. Exceptions never escape.
 absl::Status WithTransaction(ConnectionPool& pool, std::string_view op,
-                             absl::FunctionRef<absl::Status(pqxx::work&)> fn,
+                             absl::FunctionRef<absl::Status(pqxx::transaction_base&)> fn,
                              const TransactionOptions& options = {});
+
+// Like WithTransaction, but without BEGIN and COMMIT: each statement `fn` runs commits on its
+// own (two round trips fewer). For work whose only change is one statement, which PostgreSQL
+// applies atomically, possibly followed by reads. Retried on serialization failures and
+// deadlocks (the statement was rolled back) and when connecting fails; a connection lost
+// while `fn` runs is kUnknown, since the statement may have committed.
+absl::Status WithAutocommit(ConnectionPool& pool, std::string_view op,
+                            absl::FunctionRef<absl::Status(pqxx::transaction_base&)> fn,
+                            const TransactionOptions& options = {});
 
 // Maps an exception thrown by libpqxx (or anything else) during `op` to a status. Used where a
 // transaction is not pooled (migrations, listener). `committing`: the exception came from

@@ -332,7 +332,7 @@ absl::StatusOr<DefinitionRecord> ReadDefinition(const pqxx::row& row) {
   return out;
 }
 
-// Appends the events of `op` to the six event arrays of kInsertSagas / kApplyTransitions.
+// Appends the events of `op` to the six event arrays of kWriteBatch.
 struct EventArrays {
   ArrayLiteral saga_id, seq, type, step, attempt, detail;
   int64_t count = 0;
@@ -352,7 +352,7 @@ struct EventArrays {
 };
 
 // Reads claimed rows and their full histories (kClaimDue / kReclaim result).
-absl::StatusOr<std::vector<ClaimedSaga>> ReadClaimed(pqxx::work& txn, const pqxx::result& rows) {
+absl::StatusOr<std::vector<ClaimedSaga>> ReadClaimed(pqxx::transaction_base& txn, const pqxx::result& rows) {
   std::vector<ClaimedSaga> claimed;
   claimed.reserve(rows.size());
   std::map<std::string, size_t> index;
@@ -374,78 +374,59 @@ absl::StatusOr<std::vector<ClaimedSaga>> ReadClaimed(pqxx::work& txn, const pqxx
 
 // --- group commit ---
 
-absl::Status WriteStarts(pqxx::work& txn, const std::vector<PendingOp*>& starts) {
-  // Only the first op per id and per (definition, key) goes into the INSERT; the others are
-  // resolved against what exists afterwards, exactly as if they had come in a later batch.
+// The ops that one kWriteBatch statement writes: starts (at most one per id and per
+// (definition, key)) and at most one transition per saga, none of a saga started in the same
+// statement (a statement does not see its own inserts).
+struct Round {
+  std::vector<PendingOp*> starts;
+  std::vector<PendingOp*> transitions;
+};
+
+// Splits a batch into rounds that run in order. Round 0 has every start that can be inserted
+// (the others are resolved against what exists afterwards, exactly as if they had come in a
+// later batch) and the first transition of every saga; the k-th transition of a saga goes
+// into round k (k + 1 when the batch also starts that saga). Each list is sorted: a stable
+// order of unique-index insertions and row locks across concurrent writers avoids deadlocks.
+std::vector<Round> PlanRounds(const std::vector<PendingOp*>& ops) {
+  std::vector<Round> rounds(1);
   std::set<std::string> seen_ids;
   std::set<std::pair<std::string, std::string>> seen_keys;
-  std::vector<PendingOp*> candidates;
-  for (PendingOp* op : starts) {
+  for (PendingOp* op : ops) {
+    if (!op->is_start) continue;
     const NewSaga& saga = op->saga;
     bool duplicate = !seen_ids.insert(saga.id).second;
     if (!saga.idempotency_key.empty() &&
         !seen_keys.insert({saga.definition_name, saga.idempotency_key}).second) {
       duplicate = true;
     }
-    if (!duplicate) candidates.push_back(op);
+    if (!duplicate) rounds[0].starts.push_back(op);
   }
-  // A stable order of unique-index insertions across concurrent batches avoids deadlocks.
-  std::sort(candidates.begin(), candidates.end(), [](const PendingOp* a, const PendingOp* b) {
-    return std::tie(a->saga.definition_name, a->saga.idempotency_key, a->saga.id) <
-           std::tie(b->saga.definition_name, b->saga.idempotency_key, b->saga.id);
-  });
+  std::map<std::string, size_t> occurrences;
+  for (PendingOp* op : ops) {
+    if (op->is_start) continue;
+    const std::string& id = op->transition.saga_id;
+    const size_t round = occurrences[id]++ + (seen_ids.contains(id) ? 1 : 0);
+    if (rounds.size() <= round) rounds.resize(round + 1);
+    rounds[round].transitions.push_back(op);
+  }
+  std::sort(rounds[0].starts.begin(), rounds[0].starts.end(),
+            [](const PendingOp* a, const PendingOp* b) {
+              return std::tie(a->saga.definition_name, a->saga.idempotency_key, a->saga.id) <
+                     std::tie(b->saga.definition_name, b->saga.idempotency_key, b->saga.id);
+            });
+  for (Round& round : rounds) {
+    std::sort(round.transitions.begin(), round.transitions.end(),
+              [](const PendingOp* a, const PendingOp* b) {
+                return a->transition.saga_id < b->transition.saga_id;
+              });
+  }
+  return rounds;
+}
 
-  ArrayLiteral id, definition_name, definition_version, status, input, input_hash, key,
-      traceparent, owner, lease_us, last_seq;
-  EventArrays events;
-  for (const PendingOp* op : candidates) {
-    const NewSaga& saga = op->saga;
-    id.Add(saga.id);
-    definition_name.Add(saga.definition_name);
-    definition_version.Add(static_cast<int64_t>(saga.definition_version));
-    status.Add(StatusText(saga.status));
-    input.Add(saga.input_json);
-    input_hash.Add(saga.input_hash);
-    key.Add(saga.idempotency_key);
-    traceparent.Add(saga.traceparent);
-    owner.Add(saga.owner);
-    lease_us.Add(LeaseMicros(saga.lease));
-    last_seq.Add(static_cast<int64_t>(saga.events.size()));
-    events.Add(*op);
-  }
-  std::set<std::string> created;
-  int64_t events_inserted = 0;
-  int64_t events_expected = 0;
-  if (!candidates.empty()) {
-    pqxx::result rows = txn.exec_prepared(
-        Name(sql::kInsertSagas), Build(id), Build(definition_name), Build(definition_version),
-        Build(status), Build(input), Build(input_hash), Build(key), Build(traceparent),
-        Build(owner), Build(lease_us), Build(last_seq), Build(events.saga_id),
-        Build(events.seq), Build(events.type), Build(events.step), Build(events.attempt),
-        Build(events.detail));
-    for (const pqxx::row& row : rows) {
-      created.insert(row[0].as<std::string>());
-      events_inserted = row[1].as<int64_t>();
-    }
-  }
-
-  std::vector<PendingOp*> unresolved;
-  for (PendingOp* op : candidates) {
-    if (created.contains(op->saga.id)) {
-      op->result = StartResult{op->saga.id, /*created=*/true, /*fence=*/1};
-      events_expected += static_cast<int64_t>(op->saga.events.size());
-    }
-  }
-  if (events_inserted != events_expected) {
-    return absl::InternalError(absl::StrFormat(
-        "start sagas: %d of %d events inserted (history rows already existed)", events_inserted,
-        events_expected));
-  }
-  for (PendingOp* op : starts) {
-    if (op->result.saga_id.empty()) unresolved.push_back(op);
-  }
-  if (unresolved.empty()) return absl::OkStatus();
-
+// Answers the starts that kWriteBatch did not create: the same start again (an existing saga
+// with the same id, or the same definition and key, and the same input) gets the existing
+// saga; a different input is kAlreadyExists.
+void ResolveStarts(pqxx::transaction_base& tx, const std::vector<PendingOp*>& unresolved) {
   struct Existing {
     std::string id, definition_name, key, input_hash;
     int64_t fence = 0;
@@ -460,8 +441,8 @@ absl::Status WriteStarts(pqxx::work& txn, const std::vector<PendingOp*>& starts)
   }
   std::map<std::string, Existing> by_id;
   std::map<std::pair<std::string, std::string>, Existing> by_key;
-  for (const pqxx::row& row : txn.exec_prepared(Name(sql::kSelectStartConflicts), Build(ids),
-                                                Build(key_definitions), Build(keys))) {
+  for (const pqxx::row& row : tx.exec_prepared(Name(sql::kSelectStartConflicts), Build(ids),
+                                               Build(key_definitions), Build(keys))) {
     Existing existing{row[0].as<std::string>(), row[1].as<std::string>(),
                       row[2].as<std::string>(), row[3].as<std::string>(),
                       row[4].as<int64_t>()};
@@ -498,107 +479,145 @@ absl::Status WriteStarts(pqxx::work& txn, const std::vector<PendingOp*>& starts)
           absl::StrFormat("saga %s: concurrent conflicting start, retry", saga.id));
     }
   }
+}
+
+// Tells why transitions were rejected (counted in `fenced`): a stale fence, another owner, or
+// a history that moved on.
+void ExplainRejected(pqxx::transaction_base& tx, const std::vector<PendingOp*>& rejected,
+                     int64_t* fenced) {
+  struct Current {
+    std::string owner;
+    int64_t fence = 0;
+    int64_t last_seq = 0;
+  };
+  ArrayLiteral rejected_ids;
+  for (const PendingOp* op : rejected) rejected_ids.Add(op->transition.saga_id);
+  std::map<std::string, Current> current;
+  for (const pqxx::row& row : tx.exec_prepared(Name(sql::kSelectFences), Build(rejected_ids))) {
+    current[row[0].as<std::string>()] =
+        Current{row[1].as<std::string>(), row[2].as<int64_t>(), row[3].as<int64_t>()};
+  }
+  for (PendingOp* op : rejected) {
+    const Transition& t = op->transition;
+    auto it = current.find(t.saga_id);
+    if (it == current.end()) {
+      op->status = absl::NotFoundError(absl::StrFormat("saga %s not found", t.saga_id));
+      continue;
+    }
+    ++*fenced;
+    if (it->second.fence != t.fence) {
+      op->status = absl::AbortedError(absl::StrFormat(
+          "saga %s: fence %d is stale (current fence %d)", t.saga_id, t.fence,
+          it->second.fence));
+    } else if (it->second.owner != t.owner) {
+      op->status = absl::AbortedError(absl::StrFormat(
+          "saga %s: fence %d is stale (no longer owned by %s)", t.saga_id, t.fence,
+          Quoted(t.owner)));
+    } else {
+      op->status = absl::AbortedError(absl::StrFormat(
+          "saga %s: events start at seq %d but the history ends at %d", t.saga_id,
+          t.events.front().seq, it->second.last_seq));
+    }
+  }
+}
+
+// Writes one round with one kWriteBatch statement, then answers its ops: created starts and
+// accepted transitions succeed; the others are resolved or explained.
+absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t* fenced) {
+  ArrayLiteral id, definition_name, definition_version, status, input, input_hash, key,
+      traceparent, owner, lease_us, last_seq;
+  EventArrays events;
+  for (const PendingOp* op : round.starts) {
+    const NewSaga& saga = op->saga;
+    id.Add(saga.id);
+    definition_name.Add(saga.definition_name);
+    definition_version.Add(static_cast<int64_t>(saga.definition_version));
+    status.Add(StatusText(saga.status));
+    input.Add(saga.input_json);
+    input_hash.Add(saga.input_hash);
+    key.Add(saga.idempotency_key);
+    traceparent.Add(saga.traceparent);
+    owner.Add(saga.owner);
+    lease_us.Add(LeaseMicros(saga.lease));
+    last_seq.Add(static_cast<int64_t>(saga.events.size()));
+    events.Add(*op);
+  }
+  ArrayLiteral t_id, t_fence, t_owner, t_status, t_error, t_prev_seq, t_last_seq, t_release,
+      t_clear_requests;
+  for (const PendingOp* op : round.transitions) {
+    const Transition& t = op->transition;
+    t_id.Add(t.saga_id);
+    t_fence.Add(t.fence);
+    t_owner.Add(t.owner);
+    t_status.Add(StatusText(t.status));
+    t_error.Add(t.error);
+    if (t.events.empty()) {
+      t_prev_seq.AddNull();
+      t_last_seq.AddNull();
+    } else {
+      t_prev_seq.Add(t.events.front().seq - 1);
+      t_last_seq.Add(t.events.back().seq);
+    }
+    t_release.AddBool(t.release);
+    t_clear_requests.AddBool(t.clear_requests);
+    events.Add(*op);
+  }
+
+  std::set<std::string> created;
+  std::set<std::string> accepted;
+  int64_t events_inserted = 0;
+  for (const pqxx::row& row : tx.exec_prepared(
+           Name(sql::kWriteBatch), Build(id), Build(definition_name), Build(definition_version),
+           Build(status), Build(input), Build(input_hash), Build(key), Build(traceparent),
+           Build(owner), Build(lease_us), Build(last_seq), Build(t_id), Build(t_fence),
+           Build(t_owner), Build(t_status), Build(t_error), Build(t_prev_seq), Build(t_last_seq),
+           Build(t_release), Build(t_clear_requests), Build(events.saga_id), Build(events.seq),
+           Build(events.type), Build(events.step), Build(events.attempt),
+           Build(events.detail))) {
+    const std::string_view kind = row[0].c_str();
+    if (kind == "S") {
+      created.insert(row[1].as<std::string>());
+    } else if (kind == "T") {
+      accepted.insert(row[1].as<std::string>());
+    } else {
+      events_inserted = row[1].as<int64_t>();
+    }
+  }
+
+  int64_t events_expected = 0;
+  for (PendingOp* op : round.starts) {
+    if (!created.contains(op->saga.id)) continue;
+    op->result = StartResult{op->saga.id, /*created=*/true, /*fence=*/1};
+    events_expected += static_cast<int64_t>(op->saga.events.size());
+  }
+  std::vector<PendingOp*> rejected;
+  for (PendingOp* op : round.transitions) {
+    if (accepted.contains(op->transition.saga_id)) {
+      events_expected += static_cast<int64_t>(op->transition.events.size());
+    } else {
+      rejected.push_back(op);
+    }
+  }
+  if (events_inserted != events_expected) {
+    return absl::InternalError(absl::StrFormat(
+        "write batch: %d of %d events inserted (history rows already existed)", events_inserted,
+        events_expected));
+  }
+  if (!rejected.empty()) ExplainRejected(tx, rejected, fenced);
   return absl::OkStatus();
 }
 
-absl::Status WriteTransitions(pqxx::work& txn, const std::vector<PendingOp*>& transitions,
-                              int64_t* fenced) {
-  // One UPDATE cannot change a row twice: the k-th transition of a saga in this batch goes into
-  // round k, and rounds run in order inside the transaction.
-  std::vector<std::vector<PendingOp*>> rounds;
-  std::map<std::string, size_t> occurrences;
-  for (PendingOp* op : transitions) {
-    size_t round = occurrences[op->transition.saga_id]++;
-    if (rounds.size() <= round) rounds.resize(round + 1);
-    rounds[round].push_back(op);
-  }
-  for (std::vector<PendingOp*>& round : rounds) {
-    // Lock order: by id.
-    std::sort(round.begin(), round.end(), [](const PendingOp* a, const PendingOp* b) {
-      return a->transition.saga_id < b->transition.saga_id;
-    });
-    ArrayLiteral id, fence, owner, status, error, prev_seq, last_seq, release, clear_requests;
-    EventArrays events;
-    for (const PendingOp* op : round) {
-      const Transition& t = op->transition;
-      id.Add(t.saga_id);
-      fence.Add(t.fence);
-      owner.Add(t.owner);
-      status.Add(StatusText(t.status));
-      error.Add(t.error);
-      if (t.events.empty()) {
-        prev_seq.AddNull();
-        last_seq.AddNull();
-      } else {
-        prev_seq.Add(t.events.front().seq - 1);
-        last_seq.Add(t.events.back().seq);
-      }
-      release.AddBool(t.release);
-      clear_requests.AddBool(t.clear_requests);
-      events.Add(*op);
+// Writes the rounds in order; the starts that round 0 did not create are resolved after it.
+absl::Status WriteRounds(pqxx::transaction_base& tx, const std::vector<PendingOp*>& ops,
+                         const std::vector<Round>& rounds, int64_t* fenced) {
+  for (size_t r = 0; r < rounds.size(); ++r) {
+    SAGA_RETURN_IF_ERROR(WriteRound(tx, rounds[r], fenced));
+    if (r != 0) continue;
+    std::vector<PendingOp*> unresolved;
+    for (PendingOp* op : ops) {
+      if (op->is_start && op->result.saga_id.empty()) unresolved.push_back(op);
     }
-    std::set<std::string> accepted;
-    int64_t events_inserted = 0;
-    for (const pqxx::row& row : txn.exec_prepared(
-             Name(sql::kApplyTransitions), Build(id), Build(fence), Build(owner),
-             Build(status), Build(error), Build(prev_seq), Build(last_seq), Build(release),
-             Build(clear_requests), Build(events.saga_id), Build(events.seq),
-             Build(events.type), Build(events.step), Build(events.attempt),
-             Build(events.detail))) {
-      accepted.insert(row[0].as<std::string>());
-      events_inserted = row[1].as<int64_t>();
-    }
-    int64_t events_expected = 0;
-    std::vector<PendingOp*> rejected;
-    ArrayLiteral rejected_ids;
-    for (PendingOp* op : round) {
-      if (accepted.contains(op->transition.saga_id)) {
-        events_expected += static_cast<int64_t>(op->transition.events.size());
-      } else {
-        rejected.push_back(op);
-        rejected_ids.Add(op->transition.saga_id);
-      }
-    }
-    if (events_inserted != events_expected) {
-      return absl::InternalError(absl::StrFormat(
-          "commit: %d of %d events inserted (history rows already existed)", events_inserted,
-          events_expected));
-    }
-    if (rejected.empty()) continue;
-
-    struct Current {
-      std::string owner;
-      int64_t fence = 0;
-      int64_t last_seq = 0;
-    };
-    std::map<std::string, Current> current;
-    for (const pqxx::row& row :
-         txn.exec_prepared(Name(sql::kSelectFences), Build(rejected_ids))) {
-      current[row[0].as<std::string>()] =
-          Current{row[1].as<std::string>(), row[2].as<int64_t>(), row[3].as<int64_t>()};
-    }
-    for (PendingOp* op : rejected) {
-      const Transition& t = op->transition;
-      auto it = current.find(t.saga_id);
-      if (it == current.end()) {
-        op->status = absl::NotFoundError(absl::StrFormat("saga %s not found", t.saga_id));
-        continue;
-      }
-      ++*fenced;
-      if (it->second.fence != t.fence) {
-        op->status = absl::AbortedError(absl::StrFormat(
-            "saga %s: fence %d is stale (current fence %d)", t.saga_id, t.fence,
-            it->second.fence));
-      } else if (it->second.owner != t.owner) {
-        op->status = absl::AbortedError(absl::StrFormat(
-            "saga %s: fence %d is stale (no longer owned by %s)", t.saga_id, t.fence,
-            Quoted(t.owner)));
-      } else {
-        op->status = absl::AbortedError(absl::StrFormat(
-            "saga %s: events start at seq %d but the history ends at %d", t.saga_id,
-            t.events.front().seq, it->second.last_seq));
-      }
-    }
+    if (!unresolved.empty()) ResolveStarts(tx, unresolved);
   }
   return absl::OkStatus();
 }
@@ -743,21 +762,21 @@ void PgStore::CommitterLoop() {
 }
 
 void PgStore::WriteBatch(const std::vector<PendingOp*>& ops) {
+  const std::vector<Round> rounds = PlanRounds(ops);
   int64_t fenced = 0;
-  absl::Status status = WithTransaction(*pool_, "group commit", [&](pqxx::work& txn) {
+  auto write = [&](pqxx::transaction_base& tx) {
     fenced = 0;
-    std::vector<PendingOp*> starts;
-    std::vector<PendingOp*> transitions;
     for (PendingOp* op : ops) {
       op->status = absl::OkStatus();
       op->result = StartResult{};
-      (op->is_start ? starts : transitions).push_back(op);
     }
-    // Starts first: a Commit queued after its saga's StartSaga sees the row.
-    if (!starts.empty()) SAGA_RETURN_IF_ERROR(WriteStarts(txn, starts));
-    if (!transitions.empty()) SAGA_RETURN_IF_ERROR(WriteTransitions(txn, transitions, &fenced));
-    return absl::OkStatus();
-  });
+    return WriteRounds(tx, ops, rounds, &fenced);
+  };
+  // One round is one statement, atomic on its own: it runs without BEGIN and COMMIT, which
+  // saves two round trips per batch. Several rounds share a transaction.
+  absl::Status status = rounds.size() == 1
+                            ? WithAutocommit(*pool_, "group commit", write)
+                            : WithTransaction(*pool_, "group commit", write);
   if (status.ok()) {
     batches_committed_.fetch_add(1);
     ops_committed_.fetch_add(static_cast<int64_t>(ops.size()));
@@ -765,7 +784,7 @@ void PgStore::WriteBatch(const std::vector<PendingOp*>& ops) {
     return;
   }
   if (ops.size() > 1 && IsDataError(status)) {
-    // Some op's data failed the whole transaction: write them one by one.
+    // Some op's data failed the whole statement: write them one by one.
     for (PendingOp* op : ops) WriteBatch({op});
     return;
   }
@@ -781,7 +800,7 @@ absl::StatusOr<PutDefinitionResult> PgStore::PutDefinition(const DefinitionRecor
   SAGA_RETURN_IF_ERROR(CheckJson("definition spec", record.spec_json));
   const std::string descriptor_hex = absl::BytesToHexString(record.descriptor_set);
   PutDefinitionResult result;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "put definition", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "put definition", [&](pqxx::transaction_base& txn) {
     result = PutDefinitionResult{};
     txn.exec_prepared(Name(sql::kLockDefinitionName), record.name);
     pqxx::result existing =
@@ -804,7 +823,7 @@ absl::StatusOr<DefinitionRecord> PgStore::GetDefinition(const std::string& name,
   if (version < 0) return absl::InvalidArgumentError("definition version is negative");
   SAGA_RETURN_IF_ERROR(CheckText("definition name", name));
   std::optional<DefinitionRecord> found;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "get definition", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "get definition", [&](pqxx::transaction_base& txn) {
     found.reset();
     pqxx::result rows = version == 0
                             ? txn.exec_prepared(Name(sql::kGetLatestDefinition), name)
@@ -825,7 +844,7 @@ absl::StatusOr<DefinitionRecord> PgStore::GetDefinition(const std::string& name,
 
 absl::StatusOr<std::vector<DefinitionRecord>> PgStore::ListDefinitions() {
   std::vector<DefinitionRecord> records;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "list definitions", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "list definitions", [&](pqxx::transaction_base& txn) {
     records.clear();
     for (const pqxx::row& row : txn.exec_prepared(Name(sql::kListDefinitions))) {
       SAGA_ASSIGN_OR_RETURN(DefinitionRecord record, ReadDefinition(row));
@@ -845,7 +864,7 @@ absl::StatusOr<std::vector<ClaimedSaga>> PgStore::ClaimDue(const std::string& ow
   SAGA_RETURN_IF_ERROR(CheckLease(lease));
   std::vector<ClaimedSaga> claimed;
   if (limit <= 0) return claimed;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "claim due sagas", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "claim due sagas", [&](pqxx::transaction_base& txn) {
     pqxx::result rows =
         txn.exec_prepared(Name(sql::kClaimDue), owner, LeaseMicros(lease), limit);
     SAGA_ASSIGN_OR_RETURN(claimed, ReadClaimed(txn, rows));
@@ -868,7 +887,7 @@ absl::StatusOr<std::vector<ClaimedSaga>> PgStore::Reclaim(const std::string& own
   std::vector<ClaimedSaga> claimed;
   if (ids.empty()) return claimed;
   SAGA_ASSIGN_OR_RETURN(std::string ids_literal, id_array.Build());
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "reclaim sagas", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "reclaim sagas", [&](pqxx::transaction_base& txn) {
     pqxx::result rows =
         txn.exec_prepared(Name(sql::kReclaim), owner, LeaseMicros(lease), ids_literal);
     SAGA_ASSIGN_OR_RETURN(claimed, ReadClaimed(txn, rows));
@@ -883,7 +902,7 @@ absl::StatusOr<std::vector<OwnedSaga>> PgStore::RenewLeases(const std::string& o
   SAGA_RETURN_IF_ERROR(CheckText("owner", owner));
   SAGA_RETURN_IF_ERROR(CheckLease(lease));
   std::vector<OwnedSaga> owned;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "renew leases", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "renew leases", [&](pqxx::transaction_base& txn) {
     owned.clear();
     for (const pqxx::row& row :
          txn.exec_prepared(Name(sql::kRenewLeases), owner, LeaseMicros(lease))) {
@@ -897,7 +916,7 @@ absl::StatusOr<std::vector<OwnedSaga>> PgStore::RenewLeases(const std::string& o
 absl::Status PgStore::ReleaseAll(const std::string& owner) {
   if (owner.empty()) return absl::InvalidArgumentError("owner is empty");
   SAGA_RETURN_IF_ERROR(CheckText("owner", owner));
-  return WithTransaction(*pool_, "release sagas", [&](pqxx::work& txn) {
+  return WithTransaction(*pool_, "release sagas", [&](pqxx::transaction_base& txn) {
     pqxx::result released = txn.exec_prepared(Name(sql::kReleaseAll), owner);
     if (released.affected_rows() > 0) {
       txn.exec_prepared(Name(sql::kNotifyWake), std::string());
@@ -912,7 +931,7 @@ absl::StatusOr<SagaRow> PgStore::RequestAbort(const std::string& id, const std::
   SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
   SAGA_RETURN_IF_ERROR(CheckText("abort reason", reason));
   SagaRow saga;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "request abort", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "request abort", [&](pqxx::transaction_base& txn) {
     pqxx::result rows = txn.exec_prepared(Name(sql::kRequestAbort), saga_id, reason);
     if (rows.empty()) {
       pqxx::result current = txn.exec_prepared(Name(sql::kGetSaga), saga_id);
@@ -933,7 +952,7 @@ absl::StatusOr<SagaRow> PgStore::RequestAbort(const std::string& id, const std::
 absl::StatusOr<SagaRow> PgStore::RequestRetry(const std::string& id) {
   SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
   SagaRow saga;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "request retry", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "request retry", [&](pqxx::transaction_base& txn) {
     pqxx::result rows = txn.exec_prepared(Name(sql::kRequestRetry), saga_id);
     if (rows.empty()) {
       pqxx::result current = txn.exec_prepared(Name(sql::kGetSaga), saga_id);
@@ -956,7 +975,7 @@ absl::StatusOr<SagaRow> PgStore::RequestRetry(const std::string& id) {
 absl::StatusOr<SagaRow> PgStore::GetSaga(const std::string& id) {
   SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
   std::optional<SagaRow> saga;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "get saga", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "get saga", [&](pqxx::transaction_base& txn) {
     saga.reset();
     pqxx::result rows = txn.exec_prepared(Name(sql::kGetSaga), saga_id);
     if (rows.empty()) return absl::OkStatus();
@@ -971,7 +990,7 @@ absl::StatusOr<std::vector<Event>> PgStore::ReadEvents(const std::string& id, in
   SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
   std::vector<Event> events;
   bool exists = true;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "read events", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "read events", [&](pqxx::transaction_base& txn) {
     events.clear();
     exists = true;
     for (const pqxx::row& row : txn.exec_prepared(Name(sql::kReadEvents), saga_id, after_seq)) {
@@ -999,7 +1018,7 @@ absl::StatusOr<std::vector<SagaRow>> PgStore::ListSagas(const ListFilter& filter
     if (status.empty()) return absl::InvalidArgumentError("bad saga status filter");
   }
   std::vector<SagaRow> sagas;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "list sagas", [&](pqxx::work& txn) {
+  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "list sagas", [&](pqxx::transaction_base& txn) {
     sagas.clear();
     pqxx::result rows;
     if (!status.empty() && !filter.definition.empty()) {
@@ -1028,7 +1047,7 @@ absl::Status PgStore::Ping() {
   options.acquire_timeout = std::min(options_.acquire_timeout, kPingTimeout);
   return WithTransaction(
       *pool_, "ping",
-      [&](pqxx::work& txn) {
+      [&](pqxx::transaction_base& txn) {
         txn.exec_prepared(Name(sql::kSetLocalStatementTimeout),
                           absl::StrCat(absl::ToInt64Milliseconds(kPingTimeout)));
         txn.exec_prepared(Name(sql::kPing));

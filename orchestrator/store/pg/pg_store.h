@@ -5,9 +5,11 @@
 // - Create() applies the embedded migrations (migrations/V*.sql) under an advisory lock, then
 //   starts `committers` group-commit threads. Connections open lazily, at most `pool_size`.
 // - StartSaga and Commit enqueue; each committer thread takes everything queued (at most
-//   `max_batch` ops), writes it in ONE transaction with a few statements (insert sagas +
-//   events, fenced update + events), COMMITs, then runs the callbacks on that thread. A batch
-//   that fails for a data reason is re-run op by op, so one bad op cannot fail the others.
+//   `max_batch` ops), writes it with ONE statement (kWriteBatch: insert sagas, fenced update,
+//   their events) that commits on its own, without BEGIN/COMMIT, then runs the callbacks on
+//   that thread. A batch that holds several ops of one saga needs a statement per op of that
+//   saga; those statements share one transaction. A batch that fails for a data reason is
+//   re-run op by op, so one bad op cannot fail the others.
 //   The ops of one saga are written and called back in submission order: while one is in a
 //   committer's batch, that saga's later ops wait for the next batch (so a caller may pipeline
 //   StartSaga and Commits of a saga without waiting for each callback).

@@ -103,13 +103,21 @@ inline constexpr Statement kListDefinitions{
 // ---------------------------------------------------------------------------------------------
 // Group commit.
 
-// Creates sagas ($1..$11, one element per saga) with their events ($12..$17, one element per
-// event; only the events of sagas this statement created are inserted). A saga whose id or
-// (definition_name, idempotency_key) exists already is skipped (an empty key is stored as NULL
-// and never conflicts). Returns one row per created saga: its id and the number of events
-// inserted in total.
-inline constexpr Statement kInsertSagas{
-    "insert_sagas",
+// Writes one round of the group commit in one statement: creates sagas ($1..$11, one element
+// per saga), applies fenced transitions ($12..$20, one element per saga, at most one per saga,
+// none of a saga created here), and inserts the events ($21..$26, one element per event) of the
+// sagas it created and of the transitions it accepted.
+//
+// A saga whose id or (definition_name, idempotency_key) exists already is not created (an empty
+// key is stored as NULL and never conflicts). A transition is accepted when owner and fence
+// still hold and its first event continues the saga's history (prev_seq = last_seq; NULL when
+// it has no events). The rows to update are locked in id order first, as RenewLeases locks
+// them, so that the two never deadlock whatever join order the planner picks.
+//
+// Returns one row ('S', id) per created saga, one row ('T', id) per accepted transition, and
+// ('E', n): the number of events inserted.
+inline constexpr Statement kWriteBatch{
+    "write_batch",
     "WITH new_sagas AS ("
     "  INSERT INTO sagas (id, definition_name, definition_version, status, input, input_hash,"
     "                     idempotency_key, traceparent, owner, fence, lease_expires_at,"
@@ -124,16 +132,38 @@ inline constexpr Statement kInsertSagas{
     "            idempotency_key, traceparent, owner, lease_us, last_seq)"
     "  ON CONFLICT DO NOTHING"
     "  RETURNING id"
+    "), locked AS MATERIALIZED ("
+    "  SELECT s.id FROM sagas s WHERE s.id = ANY($12::uuid[]) ORDER BY s.id FOR NO KEY UPDATE"
+    "), applied AS ("
+    "  UPDATE sagas AS s SET"
+    "    status = t.status,"
+    "    error = coalesce(nullif(t.error, ''), s.error),"
+    "    last_seq = coalesce(t.last_seq, s.last_seq),"
+    "    updated_at = now(),"
+    "    owner = CASE WHEN t.release THEN NULL ELSE s.owner END,"
+    "    lease_expires_at = CASE WHEN t.release THEN NULL ELSE s.lease_expires_at END,"
+    "    next_wake_at = CASE WHEN t.release THEN NULL ELSE s.next_wake_at END,"
+    "    abort_requested = s.abort_requested AND NOT t.clear_requests,"
+    "    retry_requested = s.retry_requested AND NOT t.clear_requests"
+    "  FROM unnest($12::uuid[], $13::bigint[], $14::text[], $15::text[], $16::text[],"
+    "              $17::bigint[], $18::bigint[], $19::boolean[], $20::boolean[])"
+    "       AS t(id, fence, owner, status, error, prev_seq, last_seq, release, clear_requests)"
+    "  WHERE s.id = t.id AND s.id IN (SELECT id FROM locked)"
+    "    AND s.fence = t.fence AND s.owner = t.owner"
+    "    AND (t.prev_seq IS NULL OR s.last_seq = t.prev_seq)"
+    "  RETURNING s.id"
     "), new_events AS ("
     "  INSERT INTO saga_events (saga_id, seq, type, step, attempt, detail)"
     "  SELECT e.saga_id, e.seq, e.type, e.step, e.attempt, e.detail"
-    "  FROM unnest($12::uuid[], $13::bigint[], $14::smallint[], $15::int[], $16::int[],"
-    "              $17::jsonb[]) AS e(saga_id, seq, type, step, attempt, detail)"
-    "  WHERE e.saga_id IN (SELECT id FROM new_sagas)"
+    "  FROM unnest($21::uuid[], $22::bigint[], $23::smallint[], $24::int[], $25::int[],"
+    "              $26::jsonb[]) AS e(saga_id, seq, type, step, attempt, detail)"
+    "  WHERE e.saga_id IN (SELECT id FROM new_sagas UNION ALL SELECT id FROM applied)"
     "  ON CONFLICT DO NOTHING"
     "  RETURNING 1"
     ")"
-    " SELECT new_sagas.id::text, (SELECT count(*) FROM new_events) FROM new_sagas"};
+    " SELECT 'S', id::text FROM new_sagas"
+    " UNION ALL SELECT 'T', id::text FROM applied"
+    " UNION ALL SELECT 'E', count(*)::text FROM new_events"};
 
 // The existing sagas that a start conflicted with: by id ($1) or by
 // (definition_name, idempotency_key) ($2, $3).
@@ -145,41 +175,6 @@ inline constexpr Statement kSelectStartConflicts{
     " WHERE s.id = ANY($1::uuid[])"
     "    OR (s.definition_name, s.idempotency_key) IN"
     "       (SELECT * FROM unnest($2::text[], $3::text[]))"};
-
-// Applies fenced transitions ($1..$9, one element per saga, sorted by id, at most one per saga)
-// and inserts the events of the accepted ones ($10..$15). A transition is accepted when owner
-// and fence still hold and its first event continues the saga's history (prev_seq = last_seq;
-// NULL when it has no events). Returns one row per accepted saga: its id and the number of
-// events inserted in total.
-inline constexpr Statement kApplyTransitions{
-    "apply_transitions",
-    "WITH applied AS ("
-    "  UPDATE sagas AS s SET"
-    "    status = u.status,"
-    "    error = coalesce(nullif(u.error, ''), s.error),"
-    "    last_seq = coalesce(u.last_seq, s.last_seq),"
-    "    updated_at = now(),"
-    "    owner = CASE WHEN u.release THEN NULL ELSE s.owner END,"
-    "    lease_expires_at = CASE WHEN u.release THEN NULL ELSE s.lease_expires_at END,"
-    "    next_wake_at = CASE WHEN u.release THEN NULL ELSE s.next_wake_at END,"
-    "    abort_requested = s.abort_requested AND NOT u.clear_requests,"
-    "    retry_requested = s.retry_requested AND NOT u.clear_requests"
-    "  FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],"
-    "              $7::bigint[], $8::boolean[], $9::boolean[])"
-    "       AS u(id, fence, owner, status, error, prev_seq, last_seq, release, clear_requests)"
-    "  WHERE s.id = u.id AND s.fence = u.fence AND s.owner = u.owner"
-    "    AND (u.prev_seq IS NULL OR s.last_seq = u.prev_seq)"
-    "  RETURNING s.id"
-    "), new_events AS ("
-    "  INSERT INTO saga_events (saga_id, seq, type, step, attempt, detail)"
-    "  SELECT e.saga_id, e.seq, e.type, e.step, e.attempt, e.detail"
-    "  FROM unnest($10::uuid[], $11::bigint[], $12::smallint[], $13::int[], $14::int[],"
-    "              $15::jsonb[]) AS e(saga_id, seq, type, step, attempt, detail)"
-    "  WHERE e.saga_id IN (SELECT id FROM applied)"
-    "  ON CONFLICT DO NOTHING"
-    "  RETURNING 1"
-    ")"
-    " SELECT applied.id::text, (SELECT count(*) FROM new_events) FROM applied"};
 
 // Why transitions were rejected: the current owner, fence and last_seq of sagas $1.
 inline constexpr Statement kSelectFences{
@@ -312,9 +307,8 @@ inline constexpr Statement kPreparedStatements[] = {
     kGetDefinition,
     kGetLatestDefinition,
     kListDefinitions,
-    kInsertSagas,
+    kWriteBatch,
     kSelectStartConflicts,
-    kApplyTransitions,
     kSelectFences,
     kClaimDue,
     kReclaim,
