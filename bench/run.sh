@@ -21,6 +21,9 @@
 #   --sagad-port P       sagad's port (50051); --participant-port P (50071), --admin-port P (50072)
 #   --sagad-args "..."   extra sagad flags (e.g. "--workers 2")
 #   --keep-logs          keep the log folder (printed) even when everything passed
+#   --pg-from-env        use the PostgreSQL server that the PG* variables point at (e.g. inside
+#                        pg_virtualenv) instead of starting one; runs in a new database there,
+#                        dropped at the end
 # Exit status: 0 when every run passed the exactly-once check and every saga ended; 3 when an
 # exactly-once check failed; 4 when sagas did not end; 1 for setup errors.
 set -euo pipefail
@@ -44,6 +47,7 @@ PART_PORT=50071
 ADMIN_PORT=50072
 SAGAD_ARGS=""
 KEEP_LOGS=0
+PG_FROM_ENV=0
 EXPLAIN_SLOW=0
 PG_WAITS=0
 
@@ -70,6 +74,7 @@ while [[ $# -gt 0 ]]; do
     --admin-port) ADMIN_PORT="$2"; shift 2 ;;
     --sagad-args) SAGAD_ARGS="$2"; shift 2 ;;
     --keep-logs) KEEP_LOGS=1; shift ;;
+    --pg-from-env) PG_FROM_ENV=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 1 ;;
   esac
@@ -105,6 +110,8 @@ if [[ -z "${SAGA_BENCH_IN_PGENV:-}" ]]; then
       exit 1
     fi
   done
+fi
+if [[ -z "${SAGA_BENCH_IN_PGENV:-}" && "$PG_FROM_ENV" != 1 ]]; then
   log "starting a throwaway PostgreSQL 15 (synchronous_commit=on, fsync=on)"
   export SAGA_BENCH_IN_PGENV=1
   # pg_virtualenv talks on stdout: the results go to descriptor 3 (our stdout), the rest to
@@ -133,6 +140,9 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
+  if [[ -n "${BENCH_DB:-}" ]]; then
+    dropdb --if-exists "$BENCH_DB" >/dev/null 2>&1 || true
+  fi
   if [[ $rc -ne 0 || "$KEEP_LOGS" == 1 ]]; then
     log "logs kept in $LOGDIR"
   else
@@ -142,6 +152,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+if [[ "$PG_FROM_ENV" == 1 ]]; then
+  BENCH_DB="saga_bench_$$"
+  createdb "$BENCH_DB" || { log "cannot create database $BENCH_DB"; BENCH_DB=""; exit 1; }
+  export PGDATABASE="$BENCH_DB"
+fi
 
 pg_settings="$(psql -XAtc "SELECT current_setting('synchronous_commit') || ' ' ||
   current_setting('fsync') || ' ' || current_setting('server_version')")"

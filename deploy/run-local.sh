@@ -243,9 +243,11 @@ if [ "$MODE" = check ]; then
     for i in 0 1; do
       body=$(http_get 127.0.0.1 "${METRICS_PORTS[$i]}" /metrics) \
         || fail "sagad-$((i + 1)): GET http://127.0.0.1:${METRICS_PORTS[$i]}/metrics failed"
-      echo "$body" | head -1 | grep -q '^HTTP/1\.[01] 200' \
-        || fail "sagad-$((i + 1)): /metrics answered $(echo "$body" | head -1)"
-      echo "$body" | grep -q '^saga_' \
+      # (No `echo | head`: under pipefail, head closing the pipe early fails the pipeline.)
+      status_line=${body%%$'\n'*}
+      [[ "$status_line" =~ ^HTTP/1\.[01]\ 200 ]] \
+        || fail "sagad-$((i + 1)): /metrics answered $status_line"
+      grep -q '^saga_' <<<"$body" \
         || fail "sagad-$((i + 1)): /metrics has no saga_* series"
       log "sagad-$((i + 1)) serves /metrics on 127.0.0.1:${METRICS_PORTS[$i]} ($(echo "$body" | grep -c '^saga_') saga_* samples)"
     done

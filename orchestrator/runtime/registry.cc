@@ -55,6 +55,13 @@ absl::StatusOr<DefinitionPtr> DefinitionRegistry::Get(const std::string& name, i
 
 absl::StatusOr<DefinitionPtr> DefinitionRegistry::Load(const std::string& name, int version) {
   SAGA_ASSIGN_OR_RETURN(store::DefinitionRecord record, store_->GetDefinition(name, version));
+  {
+    // "Latest" is re-read every latest_ttl; usually it is a version compiled already.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = versions_.find({record.name, record.version}); it != versions_.end()) {
+      return it->second;
+    }
+  }
   saga::v1::SagaDefinition proto;
   auto parsed = google::protobuf::util::JsonStringToMessage(record.spec_json, &proto);
   if (!parsed.ok()) {
