@@ -79,6 +79,10 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> OpenConnection(
     // planning (about 0.6 ms) costs more than running it. Every statement of statements.h
     // reaches its rows through an index whatever its parameters, so one plan serves all.
     conn->set_variable("plan_cache_mode", "force_generic_plan");
+    // A plan is made once per connection, often while the tables are still small (a new
+    // database, or statistics not yet gathered), when a sequential scan looks cheapest; it
+    // would then be kept while the tables grow. Every statement has an index to use.
+    conn->set_variable("enable_seqscan", "off");
     for (const sql::Statement& statement : statements) {
       conn->prepare(std::string(statement.name), std::string(statement.sql));
     }

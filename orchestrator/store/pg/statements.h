@@ -112,7 +112,10 @@ inline constexpr Statement kListDefinitions{
 // key is stored as NULL and never conflicts). A transition is accepted when owner and fence
 // still hold and its first event continues the saga's history (prev_seq = last_seq; NULL when
 // it has no events). The rows to update are locked in id order first, as RenewLeases locks
-// them, so that the two never deadlock whatever join order the planner picks.
+// them, so that the two never deadlock whatever join order the planner picks. The owner test is
+// written IS NOT DISTINCT FROM (t.owner is never NULL) so that the planner cannot pick the
+// small sagas_owner_idx, which would visit every saga of the replica for each row updated; the
+// primary key is the only index left for the join.
 //
 // Returns one row ('S', id) per created saga, one row ('T', id) per accepted transition, and
 // ('E', n): the number of events inserted.
@@ -149,7 +152,7 @@ inline constexpr Statement kWriteBatch{
     "              $17::bigint[], $18::bigint[], $19::boolean[], $20::boolean[])"
     "       AS t(id, fence, owner, status, error, prev_seq, last_seq, release, clear_requests)"
     "  WHERE s.id = t.id AND s.id IN (SELECT id FROM locked)"
-    "    AND s.fence = t.fence AND s.owner = t.owner"
+    "    AND s.fence = t.fence AND s.owner IS NOT DISTINCT FROM t.owner"
     "    AND (t.prev_seq IS NULL OR s.last_seq = t.prev_seq)"
     "  RETURNING s.id"
     "), new_events AS ("
@@ -166,15 +169,19 @@ inline constexpr Statement kWriteBatch{
     " UNION ALL SELECT 'E', count(*)::text FROM new_events"};
 
 // The existing sagas that a start conflicted with: by id ($1) or by
-// (definition_name, idempotency_key) ($2, $3).
+// (definition_name, idempotency_key) ($2, $3). Two index lookups (an OR of the two would scan
+// the table).
 inline constexpr Statement kSelectStartConflicts{
     "select_start_conflicts",
     "SELECT s.id::text, s.definition_name, coalesce(s.idempotency_key, ''), s.input_hash,"
     " s.fence"
-    " FROM sagas s"
-    " WHERE s.id = ANY($1::uuid[])"
-    "    OR (s.definition_name, s.idempotency_key) IN"
-    "       (SELECT * FROM unnest($2::text[], $3::text[]))"};
+    " FROM sagas s WHERE s.id = ANY($1::uuid[])"
+    " UNION"
+    " SELECT s.id::text, s.definition_name, coalesce(s.idempotency_key, ''), s.input_hash,"
+    " s.fence"
+    " FROM unnest($2::text[], $3::text[]) AS k(definition_name, idempotency_key)"
+    " JOIN sagas s ON s.definition_name = k.definition_name"
+    "             AND s.idempotency_key = k.idempotency_key"};
 
 // Why transitions were rejected: the current owner, fence and last_seq of sagas $1.
 inline constexpr Statement kSelectFences{
