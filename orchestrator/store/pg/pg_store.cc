@@ -927,20 +927,26 @@ absl::Status PgStore::ReleaseAll(const std::string& owner) {
 
 // --- operator requests ---
 
-absl::StatusOr<SagaRow> PgStore::RequestAbort(const std::string& id, const std::string& reason) {
-  SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
-  SAGA_RETURN_IF_ERROR(CheckText("abort reason", reason));
+namespace {
+
+// RequestAbort / RequestRetry: runs `update` (which returns the updated row, or none) and sends
+// a wake-up; kNotFound for a missing saga, kFailedPrecondition with `refusal`'s message when its
+// status does not allow the request.
+absl::StatusOr<SagaRow> OperatorRequest(
+    ConnectionPool& pool, std::string_view op, const std::string& saga_id,
+    absl::FunctionRef<pqxx::result(pqxx::transaction_base&)> update,
+    absl::FunctionRef<std::string(const SagaRow&)> refusal) {
   SagaRow saga;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "request abort", [&](pqxx::transaction_base& txn) {
-    pqxx::result rows = txn.exec_prepared(Name(sql::kRequestAbort), saga_id, reason);
+  SAGA_RETURN_IF_ERROR(WithTransaction(pool, op, [&](pqxx::transaction_base& txn) {
+    pqxx::result rows = update(txn);
     if (rows.empty()) {
+      // Missing, or its status does not allow the request: tell which.
       pqxx::result current = txn.exec_prepared(Name(sql::kGetSaga), saga_id);
       if (current.empty()) {
         return absl::NotFoundError(absl::StrFormat("saga %s not found", saga_id));
       }
       SAGA_ASSIGN_OR_RETURN(SagaRow row, ReadSagaRow(current[0]));
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "saga %s has already ended (%s)", saga_id, StatusText(row.status)));
+      return absl::FailedPreconditionError(refusal(row));
     }
     SAGA_ASSIGN_OR_RETURN(saga, ReadSagaRow(rows[0]));
     txn.exec_prepared(Name(sql::kNotifyWake), saga_id);
@@ -949,25 +955,33 @@ absl::StatusOr<SagaRow> PgStore::RequestAbort(const std::string& id, const std::
   return saga;
 }
 
+}  // namespace
+
+absl::StatusOr<SagaRow> PgStore::RequestAbort(const std::string& id, const std::string& reason) {
+  SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
+  SAGA_RETURN_IF_ERROR(CheckText("abort reason", reason));
+  return OperatorRequest(
+      *pool_, "request abort", saga_id,
+      [&](pqxx::transaction_base& txn) {
+        return txn.exec_prepared(Name(sql::kRequestAbort), saga_id, reason);
+      },
+      [&](const SagaRow& row) {
+        return absl::StrFormat("saga %s has already ended (%s)", saga_id,
+                               StatusText(row.status));
+      });
+}
+
 absl::StatusOr<SagaRow> PgStore::RequestRetry(const std::string& id) {
   SAGA_ASSIGN_OR_RETURN(const std::string saga_id, NormalizeSagaId(id));
-  SagaRow saga;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "request retry", [&](pqxx::transaction_base& txn) {
-    pqxx::result rows = txn.exec_prepared(Name(sql::kRequestRetry), saga_id);
-    if (rows.empty()) {
-      pqxx::result current = txn.exec_prepared(Name(sql::kGetSaga), saga_id);
-      if (current.empty()) {
-        return absl::NotFoundError(absl::StrFormat("saga %s not found", saga_id));
-      }
-      SAGA_ASSIGN_OR_RETURN(SagaRow row, ReadSagaRow(current[0]));
-      return absl::FailedPreconditionError(absl::StrFormat(
-          "saga %s is %s; only a FAILED saga can be retried", saga_id, StatusText(row.status)));
-    }
-    SAGA_ASSIGN_OR_RETURN(saga, ReadSagaRow(rows[0]));
-    txn.exec_prepared(Name(sql::kNotifyWake), saga_id);
-    return absl::OkStatus();
-  }));
-  return saga;
+  return OperatorRequest(
+      *pool_, "request retry", saga_id,
+      [&](pqxx::transaction_base& txn) {
+        return txn.exec_prepared(Name(sql::kRequestRetry), saga_id);
+      },
+      [&](const SagaRow& row) {
+        return absl::StrFormat("saga %s is %s; only a FAILED saga can be retried", saga_id,
+                               StatusText(row.status));
+      });
 }
 
 // --- reads ---
