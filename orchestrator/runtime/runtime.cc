@@ -504,6 +504,12 @@ void Runtime::TimerLoop() {
 }
 
 void Runtime::ClaimLoop() {
+  // While the database is down every poll fails: log the first failure, then one line every
+  // kClaimWarningInterval with the count, and once more when claiming works again.
+  constexpr absl::Duration kClaimWarningInterval = absl::Seconds(30);
+  int64_t claim_failures = 0;
+  int64_t unlogged_failures = 0;
+  absl::Time last_warning = absl::InfinitePast();
   while (!stopping_.load()) {
     {
       std::unique_lock<std::mutex> lock(wake_mu_);
@@ -534,8 +540,22 @@ void Runtime::ClaimLoop() {
       absl::StatusOr<std::vector<store::ClaimedSaga>> claimed =
           store_->ClaimDue(options_.owner_id, options_.lease, limit);
       if (!claimed.ok()) {
-        spdlog::warn("claiming due sagas failed: {}", claimed.status().ToString());
+        ++claim_failures;
+        ++unlogged_failures;
+        if (absl::Now() - last_warning >= kClaimWarningInterval) {
+          spdlog::warn("claiming due sagas failed ({} time(s) since the last message): {}",
+                       unlogged_failures, claimed.status().ToString());
+          last_warning = absl::Now();
+          unlogged_failures = 0;
+        }
         break;
+      }
+      if (claim_failures > 0) {
+        spdlog::info("claiming due sagas works again after {} failed attempt(s)",
+                     claim_failures);
+        claim_failures = 0;
+        unlogged_failures = 0;
+        last_warning = absl::InfinitePast();
       }
       const size_t n = claimed->size();
       if (observer_ != nullptr) {  // ops: retries requested by an operator are not takeovers

@@ -143,6 +143,10 @@ TEST(FaultScenario, DatabaseOutage) {
   proc->Signal(SIGTERM);
   EXPECT_TRUE(proc->WaitExit(absl::Seconds(30)));
 
+  // The claim loop fails at every poll while the database is down; it must not log each one.
+  const int64_t claim_warnings = proc->CountLogLines("claiming due sagas failed");
+  const int64_t claim_recoveries = proc->CountLogLines("claiming due sagas works again");
+
   std::map<std::string, int> probe_codes;
   std::vector<double> probe_ms;
   for (const auto& p : probes) {
@@ -169,6 +173,8 @@ TEST(FaultScenario, DatabaseOutage) {
                                               ? "never" : Millis(progress_after)},
       {"sagad RSS before / after", absl::StrFormat("%.1f / %.1f MiB", rss_before / 1024.0,
                                                    rss_after / 1024.0)},
+      {"claim failures logged / 'works again' lines",
+       absl::StrCat(claim_warnings, " / ", claim_recoveries)},
   };
   CheckOptions options;
   options.heal_time = t1;
@@ -183,6 +189,9 @@ TEST(FaultScenario, DatabaseOutage) {
   EXPECT_LE(max_connections.load(), pool + 1);
   EXPECT_LE(progress_after, absl::Seconds(5));
   EXPECT_EQ(driver.acked(), sagas);
+  // The first failure, then one line per 30 s.
+  EXPECT_LE(claim_warnings, absl::ToInt64Seconds(down) / 30 + 2);
+  if (claim_warnings > 0) EXPECT_EQ(claim_recoveries, 1);
 }
 
 }  // namespace
