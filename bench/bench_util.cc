@@ -1,10 +1,6 @@
 // Shared helpers of the benchmark tools; see bench_util.h.
 #include "bench/bench_util.h"
 
-#include <dirent.h>
-#include <sys/resource.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +10,9 @@
 #include <unordered_map>
 
 #include "httplib.h"
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 namespace saga::bench {
 namespace {
@@ -168,8 +167,7 @@ double BusyPercent(const MachineCpu& before, const MachineCpu& after) {
 }
 
 double MonotonicSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 LatencySummary Summarize(std::vector<double>& samples_ms) {

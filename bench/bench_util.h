@@ -7,8 +7,6 @@
 // Linux only. Thread-compatible (no shared mutable state), except where noted.
 #pragma once
 
-#include <sys/types.h>
-
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -17,6 +15,7 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include <sys/types.h>
 
 namespace saga::bench {
 

@@ -12,8 +12,6 @@
 //   4. verifies exactly-once against the participant's counters (the README's table) and the
 //      final status of every saga;
 //   5. prints one table row (or one JSON object).
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -37,6 +35,7 @@
 #include "nlohmann/json.hpp"
 #include "pqxx/pqxx"
 #include "saga/v1/orchestrator.grpc.pb.h"
+#include <unistd.h>
 
 namespace saga::bench {
 namespace {
@@ -57,7 +56,7 @@ struct Options {
   std::string pg_url;
   std::string pids;
   int64_t latency_ms = 0;
-  int64_t fail_mod = -1;  // -1: from the scenario
+  int64_t fail_mod = -1;    // -1: from the scenario
   uint64_t order_base = 0;  // 0: time-based
   int channels = 1;
   std::string format = "table";
@@ -88,12 +87,18 @@ std::optional<double> ParseSeconds(const std::string& text) {
 
 const char* StatusName(SagaStatus status) {
   switch (status) {
-    case saga::v1::SAGA_STATUS_RUNNING: return "RUNNING";
-    case saga::v1::SAGA_STATUS_COMPLETED: return "COMPLETED";
-    case saga::v1::SAGA_STATUS_COMPENSATING: return "COMPENSATING";
-    case saga::v1::SAGA_STATUS_COMPENSATED: return "COMPENSATED";
-    case saga::v1::SAGA_STATUS_FAILED: return "FAILED";
-    default: return "UNSPECIFIED";
+    case saga::v1::SAGA_STATUS_RUNNING:
+      return "RUNNING";
+    case saga::v1::SAGA_STATUS_COMPLETED:
+      return "COMPLETED";
+    case saga::v1::SAGA_STATUS_COMPENSATING:
+      return "COMPENSATING";
+    case saga::v1::SAGA_STATUS_COMPENSATED:
+      return "COMPENSATED";
+    case saga::v1::SAGA_STATUS_FAILED:
+      return "FAILED";
+    default:
+      return "UNSPECIFIED";
   }
 }
 
@@ -181,8 +186,8 @@ class SagaCall {
 // Runs `count` sagas for orders first_order.. with `in_flight` in flight.
 class Runner {
  public:
-  Runner(std::vector<SagaOrchestrator::Stub*> stubs, const Options& options,
-         uint64_t first_order, int count)
+  Runner(std::vector<SagaOrchestrator::Stub*> stubs, const Options& options, uint64_t first_order,
+         int count)
       : stubs_(std::move(stubs)), options_(options), first_order_(first_order), count_(count) {}
 
   // Blocks until every saga is done or the time limit passed (then cancels the rest).
@@ -211,12 +216,12 @@ class Runner {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<Outcome> outcomes_;                     // guarded by mu_
-  std::vector<SagaCall*> graveyard_;                  // guarded by mu_; deleted by Run()
-  std::map<size_t, SagaCall*> active_;                // guarded by mu_
-  int next_ = 0;                                      // guarded by mu_
-  bool stop_launching_ = false;                       // guarded by mu_
-  int done_ = 0;                                      // guarded by mu_
+  std::vector<Outcome> outcomes_;       // guarded by mu_
+  std::vector<SagaCall*> graveyard_;    // guarded by mu_; deleted by Run()
+  std::map<size_t, SagaCall*> active_;  // guarded by mu_
+  int next_ = 0;                        // guarded by mu_
+  bool stop_launching_ = false;         // guarded by mu_
+  int done_ = 0;                        // guarded by mu_
   double elapsed_s_ = 0;
   bool timed_out_ = false;
 };
@@ -257,8 +262,7 @@ void SagaCall::OnStarted(const grpc::Status& status) {
     saga_id_ = start_response_.saga_id();
     outcome_.saga_id = saga_id_;
     outcome_.start_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0_).count();
-    if (start_request_.wait() &&
-        start_response_.status() != saga::v1::SAGA_STATUS_UNSPECIFIED) {
+    if (start_request_.wait() && start_response_.status() != saga::v1::SAGA_STATUS_UNSPECIFIED) {
       outcome_.finished = Clock::now();
       outcome_.finished_wall = std::chrono::system_clock::now();
       outcome_.terminal = true;
@@ -322,8 +326,8 @@ void SagaCall::OnWatchDone(const grpc::Status& status) {
     Watch();
     return;
   }
-  Finish("WatchSaga ended without a terminal event: " + std::to_string(status.error_code()) +
-         " " + status.error_message());
+  Finish("WatchSaga ended without a terminal event: " + std::to_string(status.error_code()) + " " +
+         status.error_message());
 }
 
 void SagaCall::Finish(std::string error) {
@@ -421,12 +425,12 @@ std::vector<Outcome> Runner::Run(double time_limit_s) {
 
 // PostgreSQL counters (cluster-wide).
 struct PgCounters {
-  double wal_bytes = 0;  // pg_current_wal_lsn()
-  double commits = 0;    // sum of pg_stat_database.xact_commit
-  double wal_syncs = 0;  // pg_stat_wal.wal_sync
-  double wal_writes = 0; // pg_stat_wal.wal_write
-  double deadlocks = 0;  // sum of pg_stat_database.deadlocks
-  double rollbacks = 0;  // sum of pg_stat_database.xact_rollback
+  double wal_bytes = 0;   // pg_current_wal_lsn()
+  double commits = 0;     // sum of pg_stat_database.xact_commit
+  double wal_syncs = 0;   // pg_stat_wal.wal_sync
+  double wal_writes = 0;  // pg_stat_wal.wal_write
+  double deadlocks = 0;   // sum of pg_stat_database.deadlocks
+  double rollbacks = 0;   // sum of pg_stat_database.xact_rollback
 };
 
 class PgProbe {
@@ -484,8 +488,8 @@ void ExplainSlowest(SagaOrchestrator::Stub* stub, std::vector<Outcome> outcomes,
     saga::v1::Saga saga;
     const grpc::Status status = stub->GetSaga(&context, request, &saga);
     std::ostringstream out;
-    out << "saga-bench: slow saga " << o.saga_id << " (order " << o.order << "): "
-        << Fixed(o.latency_ms, 1) << " ms; StartSaga " << Fixed(o.start_ms, 1) << " ms";
+    out << "saga-bench: slow saga " << o.saga_id << " (order " << o.order
+        << "): " << Fixed(o.latency_ms, 1) << " ms; StartSaga " << Fixed(o.start_ms, 1) << " ms";
     if (!status.ok()) {
       out << "; GetSaga: " << status.error_message();
     } else {
@@ -520,11 +524,11 @@ struct Verification {
   int64_t orders = 0;
   int64_t completed = 0;
   int64_t compensated = 0;
-  int64_t wrong_status = 0;      // terminal status other than expected, or unknown
-  int64_t wrong_calls = 0;       // orders whose calls differ from the table
-  int64_t wrong_applied = 0;     // orders whose applications differ from the table
-  int64_t missing_orders = 0;    // orders the participant never saw
-  int64_t unexpected_orders = 0; // orders the participant saw that this run did not start
+  int64_t wrong_status = 0;       // terminal status other than expected, or unknown
+  int64_t wrong_calls = 0;        // orders whose calls differ from the table
+  int64_t wrong_applied = 0;      // orders whose applications differ from the table
+  int64_t missing_orders = 0;     // orders the participant never saw
+  int64_t unexpected_orders = 0;  // orders the participant saw that this run did not start
   int64_t totals[kMethods] = {};
   std::vector<std::string> examples;
   std::string error;
@@ -532,8 +536,8 @@ struct Verification {
   std::string Summary() const {
     std::ostringstream out;
     if (!checked) return "not checked: " + error;
-    out << (pass ? "PASS" : "FAIL") << ": " << orders << " orders, " << completed
-        << " completed, " << compensated << " compensated; calls";
+    out << (pass ? "PASS" : "FAIL") << ": " << orders << " orders, " << completed << " completed, "
+        << compensated << " compensated; calls";
     for (int m = 0; m < kMethods; ++m) out << " " << kMethodNames[m] << "=" << totals[m];
     if (!pass) {
       out << "; wrong status " << wrong_status << ", wrong calls " << wrong_calls
@@ -585,8 +589,8 @@ Verification Verify(const std::vector<Outcome>& outcomes, uint64_t fail_mod,
     ++v.orders;
     const bool selected = fail_mod > 0 && o.order % fail_mod == 0;
     const int64_t expected[kMethods] = {1, 1, selected ? 0 : 1, selected ? 1 : 0, 0};
-    const SagaStatus want = selected ? saga::v1::SAGA_STATUS_COMPENSATED
-                                     : saga::v1::SAGA_STATUS_COMPLETED;
+    const SagaStatus want =
+        selected ? saga::v1::SAGA_STATUS_COMPENSATED : saga::v1::SAGA_STATUS_COMPLETED;
     auto example = [&](const std::string& what) {
       if (v.examples.size() < 5) {
         v.examples.push_back("order " + std::to_string(o.order) + ": " + what);
@@ -639,7 +643,7 @@ struct Report {
   int64_t terminal = 0;
   double sagas_per_s = 0;
   LatencySummary latency;
-  LatencySummary start_latency;  // the StartSaga call alone
+  LatencySummary start_latency;                   // the StartSaga call alone
   std::map<std::string, double> cpu_ms_per_saga;  // by process name; "driver" included
   // Context switches of the measured processes' live threads, by process name.
   std::map<std::string, double> context_switches_per_saga;
@@ -666,9 +670,8 @@ constexpr const char* kRowFormat =
 
 void PrintHeader() {
   std::printf("%s", "CPU ms, WAL bytes, commits and WAL syncs are per saga; latency in ms\n");
-  std::printf(kRowFormat, "scen", "sagas", "infl", "sagas/s", "p50", "p90", "p99", "max",
-              "sagad", "pg", "partic", "driver", "WAL B", "commits", "syncs", "busy%",
-              "exactly-once");
+  std::printf(kRowFormat, "scen", "sagas", "infl", "sagas/s", "p50", "p90", "p99", "max", "sagad",
+              "pg", "partic", "driver", "WAL B", "commits", "syncs", "busy%", "exactly-once");
 }
 
 void PrintRow(const Report& r) {
@@ -732,7 +735,8 @@ int Main(int argc, char** argv) {
   app.add_option("--sagas", o.sagas, "measured sagas")->capture_default_str();
   app.add_option("--warmup", o.warmup, "warm-up sagas (not measured, but verified)")
       ->capture_default_str();
-  app.add_option("--in-flight", o.in_flight, "sagas in flight")->check(CLI::PositiveNumber)
+  app.add_option("--in-flight", o.in_flight, "sagas in flight")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--scenario", o.scenario, "A: fail_mod 0; B: fail_mod 10")
       ->check(CLI::IsMember({"A", "B"}))
@@ -758,7 +762,8 @@ int Main(int argc, char** argv) {
                  "how the end of a saga is learned: start (StartSaga waits) or watch (WatchSaga)")
       ->check(CLI::IsMember({"start", "watch"}))
       ->capture_default_str();
-  app.add_option("--channels", o.channels, "gRPC channels to sagad")->check(CLI::PositiveNumber)
+  app.add_option("--channels", o.channels, "gRPC channels to sagad")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--format", o.format, "table (header + row), row, header or json")
       ->check(CLI::IsMember({"table", "row", "header", "json"}))
@@ -943,8 +948,8 @@ int Main(int argc, char** argv) {
     if (o.format == "table") PrintHeader();
     PrintRow(r);
   }
-  std::cerr << "saga-bench: scenario " << r.scenario << ", " << r.sagas << " sagas, "
-            << r.in_flight << " in flight: " << Fixed(r.elapsed_s, 2) << " s, " << r.errors
+  std::cerr << "saga-bench: scenario " << r.scenario << ", " << r.sagas << " sagas, " << r.in_flight
+            << " in flight: " << Fixed(r.elapsed_s, 2) << " s, " << r.errors
             << " without a terminal status; exactly-once " << r.verification.Summary() << "\n";
   std::cerr << "saga-bench: StartSaga call alone: p50 " << Fixed(r.start_latency.p50_ms, 1)
             << " ms, p99 " << Fixed(r.start_latency.p99_ms, 1) << " ms, max "

@@ -163,9 +163,11 @@ int Main(int argc, char** argv) {
   app.add_option("--target", o.target, "participant gRPC address")->capture_default_str();
   app.add_option("--admin", o.admin, "participant admin base URL (reset and count check)")
       ->capture_default_str();
-  app.add_option("--calls", o.calls, "calls to make")->check(CLI::PositiveNumber)
+  app.add_option("--calls", o.calls, "calls to make")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--in-flight", o.in_flight, "calls in flight")->check(CLI::PositiveNumber)
+  app.add_option("--in-flight", o.in_flight, "calls in flight")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--channels", o.channels, "gRPC channels (connections)")
       ->check(CLI::PositiveNumber)
@@ -197,16 +199,15 @@ int Main(int argc, char** argv) {
     payment.push_back(pv1::Payment::NewStub(channel));
     shipping.push_back(pv1::Shipping::NewStub(channel));
   }
-  const uint64_t base = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                  std::chrono::system_clock::now()
-                                                      .time_since_epoch())
-                                                  .count()) *
-                        1000;
+  const uint64_t base =
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count()) *
+      1000;
   Load load(o, std::move(inventory), std::move(payment), std::move(shipping), base);
 
   const auto pid = static_cast<pid_t>(o.participant_pid);
-  const std::optional<double> part_before =
-      pid > 0 ? ProcessTreeCpuSeconds(pid) : std::nullopt;
+  const std::optional<double> part_before = pid > 0 ? ProcessTreeCpuSeconds(pid) : std::nullopt;
   const double self_before = SelfCpuSeconds();
   const MachineCpu machine_before = MachineCpu::Now();
   const Clock::time_point start = Clock::now();
@@ -214,8 +215,7 @@ int Main(int argc, char** argv) {
   const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   const MachineCpu machine_after = MachineCpu::Now();
   const double self_after = SelfCpuSeconds();
-  const std::optional<double> part_after =
-      pid > 0 ? ProcessTreeCpuSeconds(pid) : std::nullopt;
+  const std::optional<double> part_after = pid > 0 ? ProcessTreeCpuSeconds(pid) : std::nullopt;
 
   const double calls = static_cast<double>(o.calls);
   LatencySummary lat = Summarize(load.latencies());
@@ -233,20 +233,19 @@ int Main(int argc, char** argv) {
   const bool counts_ok = counted == o.calls && load.errors() == 0;
 
   if (o.json) {
-    nlohmann::json j = {{"calls", o.calls},
-                        {"in_flight", o.in_flight},
-                        {"channels", o.channels},
-                        {"elapsed_s", elapsed},
-                        {"calls_per_s", calls / elapsed},
-                        {"latency_ms",
-                         {{"p50", lat.p50_ms}, {"p99", lat.p99_ms}, {"max", lat.max_ms}}},
-                        {"participant_cpu_us_per_call",
-                         part_us ? nlohmann::json(*part_us) : nlohmann::json()},
-                        {"client_cpu_us_per_call", client_us},
-                        {"machine_busy_percent", busy},
-                        {"errors", load.errors()},
-                        {"participant_counted", counted},
-                        {"counts_ok", counts_ok}};
+    nlohmann::json j = {
+        {"calls", o.calls},
+        {"in_flight", o.in_flight},
+        {"channels", o.channels},
+        {"elapsed_s", elapsed},
+        {"calls_per_s", calls / elapsed},
+        {"latency_ms", {{"p50", lat.p50_ms}, {"p99", lat.p99_ms}, {"max", lat.max_ms}}},
+        {"participant_cpu_us_per_call", part_us ? nlohmann::json(*part_us) : nlohmann::json()},
+        {"client_cpu_us_per_call", client_us},
+        {"machine_busy_percent", busy},
+        {"errors", load.errors()},
+        {"participant_counted", counted},
+        {"counts_ok", counts_ok}};
     std::cout << j.dump() << std::endl;
   } else {
     std::printf(
@@ -260,10 +259,11 @@ int Main(int argc, char** argv) {
           "each)\n",
           *part_us, 1e6 / *part_us, 1e6 / *part_us / 3);
     }
-    std::printf("  client CPU %.1f us/call; machine %.0f%% busy; errors %lld; participant "
-                "counted %lld calls: %s\n",
-                client_us, busy, static_cast<long long>(load.errors()),
-                static_cast<long long>(counted), counts_ok ? "OK" : "MISMATCH");
+    std::printf(
+        "  client CPU %.1f us/call; machine %.0f%% busy; errors %lld; participant "
+        "counted %lld calls: %s\n",
+        client_us, busy, static_cast<long long>(load.errors()), static_cast<long long>(counted),
+        counts_ok ? "OK" : "MISMATCH");
   }
   return counts_ok ? 0 : 1;
 }

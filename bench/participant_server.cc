@@ -22,8 +22,6 @@
 //   GET  /stats[?detail=1]      totals and per-order summaries (+ every order's counts and the
 //                               keys called more than once)
 //   GET  /health
-#include <signal.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -50,6 +48,7 @@
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "participants.grpc.pb.h"
+#include <signal.h>
 
 namespace saga::bench {
 namespace {
@@ -62,8 +61,8 @@ enum Method : int { kReserve = 0, kCharge, kSchedule, kRelease, kRefund, kMethod
 constexpr std::array<std::string_view, kMethodCount> kMethodNames = {
     "Reserve", "Charge", "Schedule", "Release", "Refund"};
 // Step names used in idempotency keys and in the replies' refs.
-constexpr std::array<std::string_view, kMethodCount> kStepNames = {
-    "reserve", "charge", "schedule", "release", "refund"};
+constexpr std::array<std::string_view, kMethodCount> kStepNames = {"reserve", "charge", "schedule",
+                                                                   "release", "refund"};
 
 std::optional<Method> MethodByName(std::string_view name) {
   for (int m = 0; m < kMethodCount; ++m) {
@@ -272,8 +271,7 @@ class Ledger {
         }
       };
       for (const auto& [k, state] : shard.keys) {
-        note_key(k.method, std::to_string(k.order) + ":" + std::string(kStepNames[k.step]),
-                 state);
+        note_key(k.method, std::to_string(k.order) + ":" + std::string(kStepNames[k.step]), state);
       }
       for (const auto& [k, state] : shard.other_keys) note_key(k.first, k.second, state);
     }
@@ -408,9 +406,9 @@ class Responder {
     const bool rejected = ledger_->Record(method, order, request.idempotency_key(), *config_);
     grpc::Status status;
     if (rejected) {
-      status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                            std::string(kMethodNames[method]) + " rejected for order " +
-                                std::to_string(order));
+      status = grpc::Status(
+          grpc::StatusCode::FAILED_PRECONDITION,
+          std::string(kMethodNames[method]) + " rejected for order " + std::to_string(order));
     } else {
       // ref = "<step>-<order_id>", formatted on the stack.
       char ref[48];
@@ -481,10 +479,10 @@ class ShippingService final : public pv1::Shipping::CallbackService {
 };
 
 nlohmann::json ConfigJson(const Config& config) {
-  return {{"fail_mod", config.fail_mod.load()},
-          {"latency_ms", config.latency_ms.load()},
-          {"fail_method",
-           std::string(kMethodNames[static_cast<size_t>(config.fail_method.load())])}};
+  return {
+      {"fail_mod", config.fail_mod.load()},
+      {"latency_ms", config.latency_ms.load()},
+      {"fail_method", std::string(kMethodNames[static_cast<size_t>(config.fail_method.load())])}};
 }
 
 void SendJson(httplib::Response& res, int status, const nlohmann::json& body) {
@@ -535,8 +533,8 @@ void InstallAdminRoutes(httplib::Server& admin, Ledger* ledger, Config* config) 
     SendJson(res, 200, {{"ok", true}});
   });
   admin.Get("/stats", [ledger, config](const httplib::Request& req, httplib::Response& res) {
-    nlohmann::json stats = ledger->Stats(req.has_param("detail") &&
-                                         req.get_param_value("detail") == "1");
+    nlohmann::json stats =
+        ledger->Stats(req.has_param("detail") && req.get_param_value("detail") == "1");
     stats["config"] = ConfigJson(*config);
     SendJson(res, 200, stats);
   });
@@ -606,8 +604,7 @@ int main(int argc, char** argv) {
   admin.new_task_queue = [] { return new httplib::ThreadPool(2); };
   InstallAdminRoutes(admin, ledger.get(), &config);
   if (!admin.bind_to_port(admin_host.c_str(), admin_port)) {
-    std::cerr << "bench-participants: cannot listen on " << admin_host << ":" << admin_port
-              << "\n";
+    std::cerr << "bench-participants: cannot listen on " << admin_host << ":" << admin_port << "\n";
     server->Shutdown();
     return 1;
   }

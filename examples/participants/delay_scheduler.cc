@@ -50,7 +50,7 @@ void DelayScheduler::Run() {
       wake_.WaitWithDeadline(&mu_, when);
       continue;
     }
-    absl::AnyInvocable<void() &&> task = std::move(queue_.top().task);
+    absl::AnyInvocable<void()&&> task = std::move(queue_.top().task);
     queue_.pop();
     running_ = true;
     mu_.Unlock();

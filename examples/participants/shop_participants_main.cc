@@ -3,9 +3,6 @@
 // service on one port. Logs one line per call to stderr (unless --quiet), prints
 // "shop participants listening on <addr>" to stdout once ready, and exits cleanly on SIGINT or
 // SIGTERM.
-#include <pthread.h>
-#include <signal.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -16,6 +13,8 @@
 #include "examples/participants/shop_server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
+#include <pthread.h>
+#include <signal.h>
 
 namespace {
 
@@ -52,9 +51,9 @@ int Run(int argc, char** argv) {
   options.initial_stock = initial_stock;
   if (!quiet) {
     options.on_call = [logger](const saga::examples::LedgerEntry& entry) {
-      logger->info("{} order={} key={} saga={} step={} -> {}{}{}{}", entry.method,
-                   entry.order_id, entry.idempotency_key, entry.saga_id, entry.step,
-                   entry.outcome, entry.message.empty() ? "" : " (" + entry.message + ")",
+      logger->info("{} order={} key={} saga={} step={} -> {}{}{}{}", entry.method, entry.order_id,
+                   entry.idempotency_key, entry.saga_id, entry.step, entry.outcome,
+                   entry.message.empty() ? "" : " (" + entry.message + ")",
                    entry.applied ? " applied" : "",
                    entry.empty_compensation ? " empty-compensation" : "");
     };

@@ -88,10 +88,9 @@ class Responder {
     if (decision.wait <= absl::ZeroDuration()) {
       reactor->Finish(std::move(status));
     } else {
-      scheduler_->Schedule(absl::Now() + decision.wait,
-                           [reactor, status = std::move(status)]() mutable {
-                             reactor->Finish(std::move(status));
-                           });
+      scheduler_->Schedule(
+          absl::Now() + decision.wait,
+          [reactor, status = std::move(status)]() mutable { reactor->Finish(std::move(status)); });
     }
     return reactor;
   }
@@ -175,15 +174,15 @@ class AdminService final : public v1::ShopAdmin::CallbackService {
     const std::optional<std::string_view> method = KnownMethod(request->method());
     const std::optional<absl::StatusCode> code = ParseStatusCode(request->code());
     if (!method) {
-      reactor->Finish(grpc::Status(
-          grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("unknown method \"", request->method(),
-                       "\"; expected e.g. \"shop.v1.Inventory/Reserve\"")));
+      reactor->Finish(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       absl::StrCat("unknown method \"", request->method(),
+                                    "\"; expected e.g. \"shop.v1.Inventory/Reserve\"")));
     } else if (!code) {
-      reactor->Finish(grpc::Status(
-          grpc::StatusCode::INVALID_ARGUMENT,
-          absl::StrCat("unknown status code \"", request->code(),
-                       "\"; expected a name such as UNAVAILABLE or a number 0-16")));
+      reactor->Finish(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       absl::StrCat("unknown status code \"", request->code(),
+                                    "\"; expected a name such as UNAVAILABLE or a number 0-16")));
     } else {
       state_->SetMethodFault(*method, *code);
       reactor->Finish(grpc::Status::OK);
@@ -296,8 +295,8 @@ absl::StatusOr<std::unique_ptr<ShopServer>> ShopServer::Start(const ShopServerOp
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     if (impl->server != nullptr) impl->server->Shutdown();
-    return absl::UnavailableError(absl::StrCat("shop participants: cannot listen on \"",
-                                               options.listen, "\""));
+    return absl::UnavailableError(
+        absl::StrCat("shop participants: cannot listen on \"", options.listen, "\""));
   }
   return std::unique_ptr<ShopServer>(new ShopServer(std::move(impl)));
 }

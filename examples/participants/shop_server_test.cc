@@ -63,21 +63,19 @@ class ShopServerTest : public ::testing::Test {
     admin_ = shop::v1::ShopAdmin::NewStub(channel_);
   }
 
-  grpc::Status Reserve(const std::string& key, const ReserveRequest& request,
-                       ReserveReply* reply, absl::Duration timeout = absl::Seconds(5)) {
+  grpc::Status Reserve(const std::string& key, const ReserveRequest& request, ReserveReply* reply,
+                       absl::Duration timeout = absl::Seconds(5)) {
     return inventory_->Reserve(Context(key, timeout, "saga-1", "reserve").get(), request, reply);
   }
-  grpc::Status Release(const std::string& key, const ReleaseRequest& request,
-                       ReleaseReply* reply) {
-    return inventory_->Release(Context(key, absl::Seconds(5), "saga-1", "reserve").get(),
-                               request, reply);
+  grpc::Status Release(const std::string& key, const ReleaseRequest& request, ReleaseReply* reply) {
+    return inventory_->Release(Context(key, absl::Seconds(5), "saga-1", "reserve").get(), request,
+                               reply);
   }
   grpc::Status Charge(const std::string& key, const ChargeRequest& request, ChargeReply* reply,
                       absl::Duration timeout = absl::Seconds(5)) {
     return payment_->Charge(Context(key, timeout, "saga-1", "charge").get(), request, reply);
   }
-  grpc::Status Refund(const std::string& key, const RefundRequest& request,
-                      RefundReply* reply) {
+  grpc::Status Refund(const std::string& key, const RefundRequest& request, RefundReply* reply) {
     return payment_->Refund(Context(key, absl::Seconds(5), "saga-1", "charge").get(), request,
                             reply);
   }
@@ -163,8 +161,7 @@ TEST_F(ShopServerTest, RepeatReturnsFirstResultAndAppliesOnce) {
   schedule.set_order_id("o-1");
   schedule.set_address("1 Main St");
   ScheduleReply shipped;
-  ASSERT_TRUE(
-      shipping_->Schedule(Context("s1/ship/action").get(), schedule, &shipped).ok());
+  ASSERT_TRUE(shipping_->Schedule(Context("s1/ship/action").get(), schedule, &shipped).ok());
   EXPECT_EQ(shipped.tracking_id(), "trk-o-1");
   EXPECT_EQ(server_->AppliedCount(kScheduleMethod, "o-1"), 1);
 }
@@ -243,8 +240,8 @@ TEST_F(ShopServerTest, DelayHoldsTheReplyWithoutBlockingOthers) {
   // Other calls are answered meanwhile.
   ChargeReply charge;
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(Charge(absl::StrCat("fast-", i), MakeCharge(absl::StrCat("f-", i), 1), &charge)
-                    .ok());
+    ASSERT_TRUE(
+        Charge(absl::StrCat("fast-", i), MakeCharge(absl::StrCat("f-", i), 1), &charge).ok());
   }
   EXPECT_FALSE(slow_done.HasBeenNotified());
 
@@ -421,8 +418,7 @@ TEST_F(ShopServerTest, AdminService) {
   ScheduleRequest schedule;
   schedule.set_order_id("o-15");
   ScheduleReply shipped;
-  EXPECT_EQ(shipping_->Schedule(Context("s15/ship/action").get(), schedule, &shipped)
-                .error_code(),
+  EXPECT_EQ(shipping_->Schedule(Context("s15/ship/action").get(), schedule, &shipped).error_code(),
             grpc::StatusCode::UNAVAILABLE);
 
   grpc::ClientContext clear_context;

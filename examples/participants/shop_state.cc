@@ -39,7 +39,8 @@ CallDecision ShopState::Run(std::string_view method, const CallMetadata& md,
     if (md.idempotency_key.empty()) {
       decision.status = absl::InvalidArgumentError("missing idempotency-key metadata");
     } else if (auto fault = faults_.find(entry.method); fault != faults_.end()) {
-      decision.status = absl::Status(fault->second, absl::StrCat("injected fault on ", entry.method));
+      decision.status =
+          absl::Status(fault->second, absl::StrCat("injected fault on ", entry.method));
     } else {
       KeyRecord& record = keys_[absl::StrCat(entry.method, " ", md.idempotency_key)];
       if (record.decided) {
@@ -88,33 +89,33 @@ CallDecision ShopState::Run(std::string_view method, const CallMetadata& md,
 
 CallDecision ShopState::Reserve(const CallMetadata& md, const shop::v1::ReserveRequest& request,
                                 shop::v1::ReserveReply* reply) {
-  return Run(kReserveMethod, md, request.order_id(), request.behavior(), reply,
-             [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-               if (request.order_id().empty()) {
-                 return absl::InvalidArgumentError("order_id is required");
-               }
-               if (request.sku().empty()) return absl::InvalidArgumentError("sku is required");
-               if (request.quantity() <= 0) {
-                 return absl::InvalidArgumentError(
-                     absl::StrCat("quantity must be positive, got ", request.quantity()));
-               }
-               Reservation& reservation = reservations_[request.order_id()];
-               if (reservation.compensated) {
-                 return absl::FailedPreconditionError(absl::StrCat(
-                     "order ", request.order_id(),
-                     ": reserve arrived after its release (anti-hanging)"));
-               }
-               const int64_t available = StockLocked(request.sku());
-               if (available < request.quantity()) {
-                 return absl::FailedPreconditionError(
-                     absl::StrCat("out of stock: sku ", request.sku(), " has ", available,
-                                  ", asked ", request.quantity()));
-               }
-               stock_[request.sku()] = available - request.quantity();
-               reservation.held[request.sku()] += request.quantity();
-               reply->set_reservation_id(absl::StrCat("res-", request.order_id()));
-               return absl::OkStatus();
-             });
+  return Run(
+      kReserveMethod, md, request.order_id(), request.behavior(), reply,
+      [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+        if (request.order_id().empty()) {
+          return absl::InvalidArgumentError("order_id is required");
+        }
+        if (request.sku().empty()) return absl::InvalidArgumentError("sku is required");
+        if (request.quantity() <= 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("quantity must be positive, got ", request.quantity()));
+        }
+        Reservation& reservation = reservations_[request.order_id()];
+        if (reservation.compensated) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "order ", request.order_id(), ": reserve arrived after its release (anti-hanging)"));
+        }
+        const int64_t available = StockLocked(request.sku());
+        if (available < request.quantity()) {
+          return absl::FailedPreconditionError(absl::StrCat("out of stock: sku ", request.sku(),
+                                                            " has ", available, ", asked ",
+                                                            request.quantity()));
+        }
+        stock_[request.sku()] = available - request.quantity();
+        reservation.held[request.sku()] += request.quantity();
+        reply->set_reservation_id(absl::StrCat("res-", request.order_id()));
+        return absl::OkStatus();
+      });
 }
 
 CallDecision ShopState::Release(const CallMetadata& md, const shop::v1::ReleaseRequest& request,
@@ -138,27 +139,27 @@ CallDecision ShopState::Release(const CallMetadata& md, const shop::v1::ReleaseR
 
 CallDecision ShopState::Charge(const CallMetadata& md, const shop::v1::ChargeRequest& request,
                                shop::v1::ChargeReply* reply) {
-  return Run(kChargeMethod, md, request.order_id(), request.behavior(), reply,
-             [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
-               if (request.order_id().empty()) {
-                 return absl::InvalidArgumentError("order_id is required");
-               }
-               if (request.amount_cents() < 0) {
-                 return absl::InvalidArgumentError(absl::StrCat(
-                     "amount_cents must not be negative, got ", request.amount_cents()));
-               }
-               Payment& payment = payments_[request.order_id()];
-               if (payment.compensated) {
-                 return absl::FailedPreconditionError(absl::StrCat(
-                     "order ", request.order_id(),
-                     ": charge arrived after its refund (anti-hanging)"));
-               }
-               payment.charged += request.amount_cents();
-               charged_total_ += request.amount_cents();
-               reply->set_payment_id(absl::StrCat("pay-", request.order_id()));
-               reply->set_charged_cents(request.amount_cents());
-               return absl::OkStatus();
-             });
+  return Run(
+      kChargeMethod, md, request.order_id(), request.behavior(), reply,
+      [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
+        if (request.order_id().empty()) {
+          return absl::InvalidArgumentError("order_id is required");
+        }
+        if (request.amount_cents() < 0) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("amount_cents must not be negative, got ", request.amount_cents()));
+        }
+        Payment& payment = payments_[request.order_id()];
+        if (payment.compensated) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "order ", request.order_id(), ": charge arrived after its refund (anti-hanging)"));
+        }
+        payment.charged += request.amount_cents();
+        charged_total_ += request.amount_cents();
+        reply->set_payment_id(absl::StrCat("pay-", request.order_id()));
+        reply->set_charged_cents(request.amount_cents());
+        return absl::OkStatus();
+      });
 }
 
 CallDecision ShopState::Refund(const CallMetadata& md, const shop::v1::RefundRequest& request,
@@ -179,8 +180,7 @@ CallDecision ShopState::Refund(const CallMetadata& md, const shop::v1::RefundReq
              });
 }
 
-CallDecision ShopState::Schedule(const CallMetadata& md,
-                                 const shop::v1::ScheduleRequest& request,
+CallDecision ShopState::Schedule(const CallMetadata& md, const shop::v1::ScheduleRequest& request,
                                  shop::v1::ScheduleReply* reply) {
   return Run(kScheduleMethod, md, request.order_id(), request.behavior(), reply,
              [&](bool*) ABSL_NO_THREAD_SAFETY_ANALYSIS -> absl::Status {
@@ -200,15 +200,15 @@ std::vector<LedgerEntry> ShopState::Ledger() const {
 
 int ShopState::AppliedCount(std::string_view method, std::string_view order_id) const {
   absl::MutexLock lock(&mu_);
-  auto it = counts_.find(
-      std::make_pair(std::string(NormalizeMethod(method)), std::string(order_id)));
+  auto it =
+      counts_.find(std::make_pair(std::string(NormalizeMethod(method)), std::string(order_id)));
   return it == counts_.end() ? 0 : it->second.applied;
 }
 
 int ShopState::CallCount(std::string_view method, std::string_view order_id) const {
   absl::MutexLock lock(&mu_);
-  auto it = counts_.find(
-      std::make_pair(std::string(NormalizeMethod(method)), std::string(order_id)));
+  auto it =
+      counts_.find(std::make_pair(std::string(NormalizeMethod(method)), std::string(order_id)));
   return it == counts_.end() ? 0 : it->second.calls;
 }
 

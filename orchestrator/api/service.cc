@@ -25,23 +25,34 @@ google::protobuf::Timestamp ToProto(absl::Time t) {
 
 saga::v1::SagaStatus ToProto(engine::SagaStatus s) {
   switch (s) {
-    case engine::SagaStatus::kRunning: return saga::v1::SAGA_STATUS_RUNNING;
-    case engine::SagaStatus::kCompleted: return saga::v1::SAGA_STATUS_COMPLETED;
-    case engine::SagaStatus::kCompensating: return saga::v1::SAGA_STATUS_COMPENSATING;
-    case engine::SagaStatus::kCompensated: return saga::v1::SAGA_STATUS_COMPENSATED;
-    case engine::SagaStatus::kFailed: return saga::v1::SAGA_STATUS_FAILED;
+    case engine::SagaStatus::kRunning:
+      return saga::v1::SAGA_STATUS_RUNNING;
+    case engine::SagaStatus::kCompleted:
+      return saga::v1::SAGA_STATUS_COMPLETED;
+    case engine::SagaStatus::kCompensating:
+      return saga::v1::SAGA_STATUS_COMPENSATING;
+    case engine::SagaStatus::kCompensated:
+      return saga::v1::SAGA_STATUS_COMPENSATED;
+    case engine::SagaStatus::kFailed:
+      return saga::v1::SAGA_STATUS_FAILED;
   }
   return saga::v1::SAGA_STATUS_UNSPECIFIED;
 }
 
 saga::v1::StepStatus ToProto(engine::StepStatus s) {
   switch (s) {
-    case engine::StepStatus::kPending: return saga::v1::STEP_STATUS_PENDING;
-    case engine::StepStatus::kRunning: return saga::v1::STEP_STATUS_RUNNING;
-    case engine::StepStatus::kSucceeded: return saga::v1::STEP_STATUS_SUCCEEDED;
-    case engine::StepStatus::kFailed: return saga::v1::STEP_STATUS_FAILED;
-    case engine::StepStatus::kCompensating: return saga::v1::STEP_STATUS_COMPENSATING;
-    case engine::StepStatus::kCompensated: return saga::v1::STEP_STATUS_COMPENSATED;
+    case engine::StepStatus::kPending:
+      return saga::v1::STEP_STATUS_PENDING;
+    case engine::StepStatus::kRunning:
+      return saga::v1::STEP_STATUS_RUNNING;
+    case engine::StepStatus::kSucceeded:
+      return saga::v1::STEP_STATUS_SUCCEEDED;
+    case engine::StepStatus::kFailed:
+      return saga::v1::STEP_STATUS_FAILED;
+    case engine::StepStatus::kCompensating:
+      return saga::v1::STEP_STATUS_COMPENSATING;
+    case engine::StepStatus::kCompensated:
+      return saga::v1::STEP_STATUS_COMPENSATED;
     case engine::StepStatus::kCompensationFailed:
       return saga::v1::STEP_STATUS_COMPENSATION_FAILED;
   }
@@ -127,8 +138,8 @@ absl::Status ValidateSagaId(const std::string& id) {
     ok = dash ? id[i] == '-' : IsHex(id[i]);
   }
   if (!ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "saga_id: '", id.substr(0, 64), "' is not a saga id (a lowercase UUID)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("saga_id: '", id.substr(0, 64), "' is not a saga id (a lowercase UUID)"));
   }
   return absl::OkStatus();
 }
@@ -157,7 +168,8 @@ absl::Status ValidateTraceparent(const std::string& tp) {
     if (i == 35 || i == 52) continue;
     ok = IsHex(tp[i]);
   }
-  if (ok && (tp.substr(3, 32) == std::string(32, '0') || tp.substr(36, 16) == std::string(16, '0'))) {
+  if (ok &&
+      (tp.substr(3, 32) == std::string(32, '0') || tp.substr(36, 16) == std::string(16, '0'))) {
     ok = false;
   }
   if (!ok) {
@@ -169,16 +181,15 @@ absl::Status ValidateTraceparent(const std::string& tp) {
 
 absl::StatusOr<nlohmann::json> ParseInput(const std::string& text) {
   if (text.size() > kMaxInputBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("input_json: ", text.size(),
-                                                   " bytes is over the limit of ",
-                                                   kMaxInputBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input_json: ", text.size(), " bytes is over the limit of ", kMaxInputBytes));
   }
   if (!DepthWithin(text)) {
     return absl::InvalidArgumentError(
         absl::StrCat("input_json: nested deeper than ", kMaxJsonDepth, " levels"));
   }
-  nlohmann::json input = text.empty() ? nlohmann::json::object()
-                                      : nlohmann::json::parse(text, nullptr, false);
+  nlohmann::json input =
+      text.empty() ? nlohmann::json::object() : nlohmann::json::parse(text, nullptr, false);
   if (input.is_discarded()) {
     return absl::InvalidArgumentError("input_json: not valid JSON (or not UTF-8)");
   }
@@ -278,7 +289,8 @@ void EventHub::PollLoop() {
       const absl::Time now = absl::Now();
       for (const auto& [token, sub] : subs_) {
         // Sagas of this replica publish their events at once; poll only the quiet ones.
-        if (now - absl::FromUnixMicros(sub->last_event_us.load()) >= poll_interval_) watched[sub->saga_id].push_back(sub);
+        if (now - absl::FromUnixMicros(sub->last_event_us.load()) >= poll_interval_)
+          watched[sub->saga_id].push_back(sub);
       }
     }
     for (const auto& [id, subs] : watched) {
@@ -443,18 +455,18 @@ void SagaService::Start(runtime::DefinitionPtr def, nlohmann::json input,
     start.traceparent = absl::StrCat("00-", hex, "-", hex.substr(0, 16), "-01");
   }
   const bool wait = request->wait();
-  runtime_->StartSaga(std::move(start), [this, reactor, response,
-                                         wait](absl::StatusOr<store::StartResult> result) {
-    if (result.ok()) {
-      response->set_saga_id(result->saga_id);
-      response->set_created(result->created);
-    }
-    if (!result.ok() || !wait) {
-      reactor->Finish(ToGrpcStatus(result.status()));
-      return;
-    }
-    AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
-  });
+  runtime_->StartSaga(
+      std::move(start), [this, reactor, response, wait](absl::StatusOr<store::StartResult> result) {
+        if (result.ok()) {
+          response->set_saga_id(result->saga_id);
+          response->set_created(result->created);
+        }
+        if (!result.ok() || !wait) {
+          reactor->Finish(ToGrpcStatus(result.status()));
+          return;
+        }
+        AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
+      });
 }
 
 // Answers `reactor` once the saga's terminal event is recorded. The subscription comes first,
@@ -552,8 +564,7 @@ void FillEvent(const std::string& saga_id, const engine::Event& e,
 }
 
 void FillSaga(const store::SagaRow& row, const definition::Definition* def,
-              const std::vector<engine::Event>& events, bool include_history,
-              saga::v1::Saga* out) {
+              const std::vector<engine::Event>& events, bool include_history, saga::v1::Saga* out) {
   out->set_id(row.id);
   out->set_definition(row.definition_name);
   out->set_version(row.definition_version);
@@ -577,7 +588,8 @@ void FillSaga(const store::SagaRow& row, const definition::Definition* def,
     step->set_attempts(st.attempts);
     step->set_compensation_attempts(st.compensation_attempts);
     if (!st.output.is_null()) {
-      step->set_output_json(st.output.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      step->set_output_json(
+          st.output.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     }
     step->set_last_error(st.last_error);
     step->set_outcome_unknown(st.outcome_unknown && st.status != engine::StepStatus::kSucceeded);
@@ -616,17 +628,26 @@ grpc::ServerUnaryReactor* SagaService::ListSagas(grpc::CallbackServerContext* ct
   filter.limit = request->page_size() == 0 ? kDefaultPageSize : request->page_size();
   filter.definition = request->definition();
   switch (request->status()) {
-    case saga::v1::SAGA_STATUS_UNSPECIFIED: break;
-    case saga::v1::SAGA_STATUS_RUNNING: filter.status = engine::SagaStatus::kRunning; break;
-    case saga::v1::SAGA_STATUS_COMPLETED: filter.status = engine::SagaStatus::kCompleted; break;
+    case saga::v1::SAGA_STATUS_UNSPECIFIED:
+      break;
+    case saga::v1::SAGA_STATUS_RUNNING:
+      filter.status = engine::SagaStatus::kRunning;
+      break;
+    case saga::v1::SAGA_STATUS_COMPLETED:
+      filter.status = engine::SagaStatus::kCompleted;
+      break;
     case saga::v1::SAGA_STATUS_COMPENSATING:
       filter.status = engine::SagaStatus::kCompensating;
       break;
     case saga::v1::SAGA_STATUS_COMPENSATED:
       filter.status = engine::SagaStatus::kCompensated;
       break;
-    case saga::v1::SAGA_STATUS_FAILED: filter.status = engine::SagaStatus::kFailed; break;
-    default: status = absl::InvalidArgumentError("status: unknown value"); break;
+    case saga::v1::SAGA_STATUS_FAILED:
+      filter.status = engine::SagaStatus::kFailed;
+      break;
+    default:
+      status = absl::InvalidArgumentError("status: unknown value");
+      break;
   }
   if (status.ok() && !request->page_token().empty()) {
     std::pair<absl::Time, std::string> cursor;
@@ -670,7 +691,8 @@ grpc::ServerUnaryReactor* SagaService::AbortSaga(grpc::CallbackServerContext* ct
     return reactor;
   }
   db_.Post([this, reactor, request] {
-    const std::string reason = request->reason().empty() ? "aborted by an operator" : request->reason();
+    const std::string reason =
+        request->reason().empty() ? "aborted by an operator" : request->reason();
     absl::StatusOr<store::SagaRow> row = store_->RequestAbort(request->saga_id(), reason);
     if (row.ok()) runtime_->Poke(row->id);
     reactor->Finish(ToGrpcStatus(row.status()));
@@ -703,9 +725,8 @@ class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1
       : service_(service), saga_id_(std::move(saga_id)), next_seq_(after_seq + 1) {}
 
   void Begin() {
-    token_ = service_->hub_.Subscribe(saga_id_, [this](const std::vector<engine::Event>& events) {
-      Offer(events);
-    });
+    token_ = service_->hub_.Subscribe(
+        saga_id_, [this](const std::vector<engine::Event>& events) { Offer(events); });
     service_->db_.Post([this] {
       absl::StatusOr<store::SagaRow> row = service_->store_->GetSaga(saga_id_);
       absl::StatusOr<runtime::DefinitionPtr> def =
@@ -722,8 +743,10 @@ class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1
           def_ = *def;
           state_ = engine::NewState(*def_);
           for (const auto& e : *events) {
-            if (e.seq >= next_seq_) pending_[e.seq] = e;
-            else history_[e.seq] = e;
+            if (e.seq >= next_seq_)
+              pending_[e.seq] = e;
+            else
+              history_[e.seq] = e;
           }
           for (auto& [seq, e] : early_) {
             if (seq >= next_seq_) pending_[seq] = std::move(e);
@@ -850,8 +873,8 @@ grpc::ServerWriteReactor<saga::v1::SagaEvent>* SagaService::WatchSaga(
       explicit Failed(grpc::Status s) { Finish(std::move(s)); }
       void OnDone() override { delete this; }
     };
-    return new Failed(ToGrpcStatus(
-        s.ok() ? absl::InvalidArgumentError("after_seq: must be >= 0") : s));
+    return new Failed(
+        ToGrpcStatus(s.ok() ? absl::InvalidArgumentError("after_seq: must be >= 0") : s));
   }
   auto* reactor = new WatchReactor(this, request->saga_id(), request->after_seq());
   reactor->Begin();

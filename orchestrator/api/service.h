@@ -150,8 +150,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // Fills a Saga message's step list and status from a row and its history.
 void FillSaga(const store::SagaRow& row, const definition::Definition* def,
-              const std::vector<engine::Event>& events, bool include_history,
-              saga::v1::Saga* out);
+              const std::vector<engine::Event>& events, bool include_history, saga::v1::Saga* out);
 void FillEvent(const std::string& saga_id, const engine::Event& event,
                const definition::Definition* def, engine::SagaStatus status_after,
                saga::v1::SagaEvent* out);

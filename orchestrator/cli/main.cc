@@ -121,7 +121,8 @@ void PrintSaga(const Globals& g, const saga::v1::Saga& saga) {
   std::cout << "saga        " << saga.id() << "\n"
             << "definition  " << saga.definition() << " v" << saga.version() << "\n"
             << "status      " << StatusName(saga.status()) << "\n";
-  if (!saga.idempotency_key().empty()) std::cout << "key         " << saga.idempotency_key() << "\n";
+  if (!saga.idempotency_key().empty())
+    std::cout << "key         " << saga.idempotency_key() << "\n";
   if (!saga.error().empty()) std::cout << "error       " << saga.error() << "\n";
   std::cout << "created     " << Time(saga.created_at()) << "\n"
             << "updated     " << Time(saga.updated_at()) << "\n"
@@ -225,7 +226,8 @@ int main(int argc, char** argv) {
   get->add_option("id", id)->required();
   get->add_flag("--history", history, "include the event history");
   auto* list = saga->add_subcommand("list", "list sagas, newest first");
-  list->add_option("--status", status_filter, "RUNNING, COMPLETED, COMPENSATING, COMPENSATED, FAILED");
+  list->add_option("--status", status_filter,
+                   "RUNNING, COMPLETED, COMPENSATING, COMPENSATED, FAILED");
   list->add_option("--definition", def_filter);
   list->add_option("--limit", limit)->capture_default_str();
   auto* watch = saga->add_subcommand("watch", "stream a saga's events until it ends");
@@ -339,8 +341,8 @@ int main(int argc, char** argv) {
     }
     std::printf("%-30s %7s %6s  %s\n", "NAME", "VERSION", "STEPS", "CREATED");
     for (const auto& d : resp.definitions()) {
-      std::printf("%-30s %7d %6d  %s\n", d.name().c_str(), d.version(),
-                  d.definition().steps_size(), Time(d.created_at()).c_str());
+      std::printf("%-30s %7d %6d  %s\n", d.name().c_str(), d.version(), d.definition().steps_size(),
+                  Time(d.created_at()).c_str());
     }
     return 0;
   }
@@ -373,7 +375,8 @@ int main(int argc, char** argv) {
     }
     if (!wait) return 0;
     saga::v1::SagaStatus final_status = Watch(g, client, resp.saga_id());
-    if (g.output != "json") std::cout << "saga " << resp.saga_id() << " " << StatusName(final_status) << "\n";
+    if (g.output != "json")
+      std::cout << "saga " << resp.saga_id() << " " << StatusName(final_status) << "\n";
     return final_status == saga::v1::SAGA_STATUS_COMPLETED ? 0 : 2;
   }
   if (get->parsed()) {

@@ -1,7 +1,5 @@
 #include "orchestrator/common/logging.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -10,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/sinks/stdout_sinks.h"
+#include <unistd.h>
 
 namespace saga::common {
 namespace {

@@ -8,10 +8,10 @@
 #define SAGA_STATUS_CONCAT_(a, b) SAGA_STATUS_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define SAGA_RETURN_IF_ERROR(expr)                 \
-  do {                                             \
-    ::absl::Status saga_status_ = (expr);          \
-    if (!saga_status_.ok()) return saga_status_;   \
+#define SAGA_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::absl::Status saga_status_ = (expr);        \
+    if (!saga_status_.ok()) return saga_status_; \
   } while (false)
 
 // `SAGA_ASSIGN_OR_RETURN(auto x, F());` declares x from the StatusOr or returns its error.

@@ -48,8 +48,7 @@ class Builder {
     Invoke(step, CallKind::kAction, attempt);
   }
 
-  void StartCompensation(int step, int attempt,
-                         nlohmann::json detail = nlohmann::json::object()) {
+  void StartCompensation(int step, int attempt, nlohmann::json detail = nlohmann::json::object()) {
     Emit(EventType::kCompensationStarted, step, attempt, std::move(detail));
     Invoke(step, CallKind::kCompensation, attempt);
   }

@@ -231,8 +231,7 @@ TEST(EngineTest, CompensationFailingBeyondPolicyParksThenRetryResumes) {
   EXPECT_EQ(dec.commands[0].attempt, 2);
   d.Result(0, CallKind::kCompensation, 2, absl::UnavailableError("inventory down"));
   EXPECT_EQ(d.state().status, SagaStatus::kFailed);
-  EXPECT_EQ(d.state().error,
-            "compensation of step 'reserve' failed: UNAVAILABLE: inventory down");
+  EXPECT_EQ(d.state().error, "compensation of step 'reserve' failed: UNAVAILABLE: inventory down");
   EXPECT_TRUE(d.Timer().events.empty()) << "parked: nothing happens by itself";
 
   dec = d.Fire({.kind = Trigger::Kind::kRetry});

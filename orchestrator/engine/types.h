@@ -35,21 +35,21 @@ enum class CallKind : int { kAction = 0, kCompensation = 1 };
 
 // The persisted history. Numbers are stored; never renumber.
 enum class EventType : int {
-  kSagaStarted = 1,           // detail: {}
-  kStepStarted = 2,           // step, attempt; write-ahead of a forward attempt
-  kStepSucceeded = 3,         // step, attempt; detail: {"output": <json>}
-  kStepRetryScheduled = 4,    // step, attempt; detail: {"code","message","retry_at_us"}
-  kStepFailed = 5,            // step, attempt; detail: {"code","message","unknown":bool}
-  kCompensationStarted = 6,   // step, attempt; write-ahead of a compensation attempt
-  kCompensationSucceeded = 7, // step, attempt
+  kSagaStarted = 1,            // detail: {}
+  kStepStarted = 2,            // step, attempt; write-ahead of a forward attempt
+  kStepSucceeded = 3,          // step, attempt; detail: {"output": <json>}
+  kStepRetryScheduled = 4,     // step, attempt; detail: {"code","message","retry_at_us"}
+  kStepFailed = 5,             // step, attempt; detail: {"code","message","unknown":bool}
+  kCompensationStarted = 6,    // step, attempt; write-ahead of a compensation attempt
+  kCompensationSucceeded = 7,  // step, attempt
   kCompensationRetryScheduled = 8,
-  kCompensationFailed = 9,    // the compensation could not complete within its policy
-  kAbortRequested = 10,       // detail: {"reason"}
-  kRetryRequested = 11,       // operator resumed a FAILED saga
+  kCompensationFailed = 9,  // the compensation could not complete within its policy
+  kAbortRequested = 10,     // detail: {"reason"}
+  kRetryRequested = 11,     // operator resumed a FAILED saga
   kSagaCompleted = 12,
-  kSagaCompensating = 13,     // detail: {"reason"}
+  kSagaCompensating = 13,  // detail: {"reason"}
   kSagaCompensated = 14,
-  kSagaFailed = 15,           // detail: {"reason"}
+  kSagaFailed = 15,  // detail: {"reason"}
 };
 
 std::string_view EventTypeName(EventType type);

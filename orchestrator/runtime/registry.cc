@@ -1,8 +1,8 @@
 #include "orchestrator/runtime/registry.h"
 
 #include "absl/strings/str_cat.h"
-#include "orchestrator/common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "orchestrator/common/status_macros.h"
 
 namespace saga::runtime {
 

@@ -6,8 +6,8 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "orchestrator/common/logging.h"  // ops
 #include "orchestrator/common/crash_point.h"
+#include "orchestrator/common/logging.h"  // ops
 #include "spdlog/spdlog.h"
 
 namespace saga::runtime {
@@ -53,7 +53,7 @@ struct Runtime::Actor {
   std::string idempotency_key;
   std::string traceparent;
   absl::Time created_at = absl::Now();  // ops: for saga_duration_seconds
-  engine::SagaState state;  // touched only by the thread draining the actor
+  engine::SagaState state;              // touched only by the thread draining the actor
 
   std::mutex mu;
   std::deque<engine::Trigger> queue;  // guarded by mu
@@ -170,31 +170,32 @@ void Runtime::StartSaga(StartRequest request,
   saga.status = actor->state.status;
   saga.events = decision.events;
   commits_in_flight_++;
-  store_->StartSaga(
-      std::move(saga), [this, actor, decision = std::move(decision), done = std::move(done)](
-                           absl::StatusOr<store::StartResult> result) mutable {
-        // Runs on the store's thread: the first calls go out without another thread hop.
-        {
-          if (result.ok() && result->created) {
-            actor->fence = result->fence;
-            stats_.sagas_started++;
-            if (observer_ != nullptr) observer_->OnSagaStarted(*actor->def);  // ops
-            stats_.active++;
-            {
-              std::lock_guard<std::mutex> lock(actors_mu_);
-              actors_[actor->id] = actor;
-            }
-            if (listener_) listener_(actor->id, decision.events);
-            std::move(done)(result);
-            commits_in_flight_--;
-            Execute(actor, decision);
-            Drain(actor);
-            return;
-          }
-          commits_in_flight_--;
-          std::move(done)(std::move(result));
-        }
-      });
+  store_->StartSaga(std::move(saga),
+                    [this, actor, decision = std::move(decision),
+                     done = std::move(done)](absl::StatusOr<store::StartResult> result) mutable {
+                      // Runs on the store's thread: the first calls go out without another thread
+                      // hop.
+                      {
+                        if (result.ok() && result->created) {
+                          actor->fence = result->fence;
+                          stats_.sagas_started++;
+                          if (observer_ != nullptr) observer_->OnSagaStarted(*actor->def);  // ops
+                          stats_.active++;
+                          {
+                            std::lock_guard<std::mutex> lock(actors_mu_);
+                            actors_[actor->id] = actor;
+                          }
+                          if (listener_) listener_(actor->id, decision.events);
+                          std::move(done)(result);
+                          commits_in_flight_--;
+                          Execute(actor, decision);
+                          Drain(actor);
+                          return;
+                        }
+                        commits_in_flight_--;
+                        std::move(done)(std::move(result));
+                      }
+                    });
 }
 
 void Runtime::Post(const ActorPtr& actor, engine::Trigger trigger) {
@@ -266,10 +267,17 @@ void Runtime::AfterCommit(const ActorPtr& actor, absl::Status status, engine::De
   if (listener_) listener_(actor->id, decision.events);
   if (release) {
     switch (actor->state.status) {
-      case engine::SagaStatus::kCompleted: stats_.sagas_completed++; break;
-      case engine::SagaStatus::kCompensated: stats_.sagas_compensated++; break;
-      case engine::SagaStatus::kFailed: stats_.sagas_failed++; break;
-      default: break;
+      case engine::SagaStatus::kCompleted:
+        stats_.sagas_completed++;
+        break;
+      case engine::SagaStatus::kCompensated:
+        stats_.sagas_compensated++;
+        break;
+      case engine::SagaStatus::kFailed:
+        stats_.sagas_failed++;
+        break;
+      default:
+        break;
     }
     if (observer_ != nullptr) {  // ops
       observer_->OnSagaFinished(*actor->def, actor->state.status, absl::Now() - actor->created_at);
@@ -363,7 +371,7 @@ void Runtime::Invoke(const ActorPtr& actor, const engine::Command& command) {
     result.status = std::move(r.status);
     if (observer_ != nullptr) {  // ops
       using R = RuntimeObserver::AttemptResult;
-      const R outcome = result.status.ok() ? R::kOk
+      const R outcome = result.status.ok()                                   ? R::kOk
                         : call_spec->retry.IsRetryable(result.status.code()) ? R::kRetryable
                                                                              : R::kBusinessError;
       observer_->OnAttemptFinished(*actor->def, *step_spec, result.call, outcome,
@@ -390,12 +398,13 @@ void Runtime::Drop(const ActorPtr& actor, const absl::Status& why) {
   stats_.ownership_lost++;
   std::lock_guard<std::mutex> lock(actors_mu_);
   if (auto it = actors_.find(actor->id); it != actors_.end() && it->second == actor) {
-      // Only this actor: a newer one may hold the saga after a reclaim.
-      actors_.erase(it);
-      stats_.active--;
-    }
+    // Only this actor: a newer one may hold the saga after a reclaim.
+    actors_.erase(it);
+    stats_.active--;
+  }
   if (why.code() == absl::StatusCode::kAborted) {
-    spdlog::warn("saga {}: another replica owns it now ({})", actor->id, std::string(why.message()));
+    spdlog::warn("saga {}: another replica owns it now ({})", actor->id,
+                 std::string(why.message()));
   } else {
     // The write may or may not have been recorded: take the saga back from the database.
     spdlog::warn("saga {}: write failed, will reload it: {}", actor->id, why.ToString());
@@ -551,8 +560,7 @@ void Runtime::ClaimLoop() {
         break;
       }
       if (claim_failures > 0) {
-        spdlog::info("claiming due sagas works again after {} failed attempt(s)",
-                     claim_failures);
+        spdlog::info("claiming due sagas works again after {} failed attempt(s)", claim_failures);
         claim_failures = 0;
         unlogged_failures = 0;
         last_warning = absl::InfinitePast();

@@ -99,8 +99,8 @@ class RuntimeObserver {
 
 class Runtime {
  public:
-  using EventListener = std::function<void(const std::string& saga_id,
-                                           const std::vector<engine::Event>& events)>;
+  using EventListener =
+      std::function<void(const std::string& saga_id, const std::vector<engine::Event>& events)>;
 
   Runtime(RuntimeOptions options, store::Store* store, invoke::Invoker* invoker,
           DefinitionRegistry* registry, const common::Clock* clock);

@@ -1,8 +1,5 @@
 #include "orchestrator/server/config.h"
 
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include <stdlib.h>
+#include <unistd.h>
 
 namespace saga::server {
 namespace {

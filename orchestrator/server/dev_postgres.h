@@ -25,12 +25,11 @@
 // the message ends with the last lines of their log).
 #pragma once
 
-#include <sys/types.h>
-
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include <sys/types.h>
 
 namespace saga::server {
 

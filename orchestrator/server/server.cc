@@ -1,7 +1,5 @@
 #include "orchestrator/server/server.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -22,6 +20,7 @@
 #include "orchestrator/store/pg/pg_listener.h"
 #include "orchestrator/store/pg/pg_store.h"
 #include "spdlog/spdlog.h"
+#include <unistd.h>
 
 namespace saga::server {
 namespace {
@@ -64,8 +63,7 @@ absl::Status LoadDefinitionsDir(runtime::DefinitionRegistry* registry, const std
     const std::string name = path.filename().string();
     SAGA_ASSIGN_OR_RETURN(saga::v1::SagaDefinition proto,
                           definition::ParseDefinitionText(text.str(), name));
-    SAGA_ASSIGN_OR_RETURN(runtime::RegisterResult result,
-                          registry->Register(proto, {}, name, dir));
+    SAGA_ASSIGN_OR_RETURN(runtime::RegisterResult result, registry->Register(proto, {}, name, dir));
     spdlog::info("definition {} v{} {} from {}", result.definition->name,
                  result.definition->version, result.created ? "registered" : "unchanged", name);
   }
@@ -112,9 +110,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   runtime_options.poll_interval = config.poll_interval;
   runtime_options.max_active = config.max_active;
   runtime_options.workers = config.workers;
-  s->runtime_ = std::make_unique<runtime::Runtime>(runtime_options, s->store_.get(),
-                                                   s->invoker_.get(), s->registry_.get(),
-                                                   common::RealClock::Get());
+  s->runtime_ =
+      std::make_unique<runtime::Runtime>(runtime_options, s->store_.get(), s->invoker_.get(),
+                                         s->registry_.get(), common::RealClock::Get());
   s->runtime_->SetObserver(s->metrics_.get());
   s->metrics_->ObserveRuntime(s->runtime_.get());
 
@@ -166,8 +164,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   }
   s->health_thread_ = std::thread([raw = s.get()] { raw->HealthLoop(); });
   if (s->metrics_http_ != nullptr) {
-    spdlog::info("sagad {} ({}) serving gRPC on port {}, metrics on port {} (/metrics)",
-                 Version(), s->owner_id_, s->port_, s->metrics_http_->port());
+    spdlog::info("sagad {} ({}) serving gRPC on port {}, metrics on port {} (/metrics)", Version(),
+                 s->owner_id_, s->port_, s->metrics_http_->port());
   } else {
     spdlog::info("sagad {} ({}) serving gRPC on port {}", Version(), s->owner_id_, s->port_);
   }

@@ -118,8 +118,7 @@ TEST_F(BadInputTest, StartSagaRejectsBadInputAndCreatesNothing) {
   };
   expect("order-fulfillment", "{not json", "", grpc::StatusCode::INVALID_ARGUMENT, "input_json");
   expect("order-fulfillment", "[1,2]", "", grpc::StatusCode::INVALID_ARGUMENT, "object");
-  expect("order-fulfillment", R"({"a":"x\u0000y"})", "", grpc::StatusCode::INVALID_ARGUMENT,
-         "NUL");
+  expect("order-fulfillment", R"({"a":"x\u0000y"})", "", grpc::StatusCode::INVALID_ARGUMENT, "NUL");
   expect("order-fulfillment", "{\"a\":\"" + std::string(300 * 1024, 'x') + "\"}", "",
          grpc::StatusCode::INVALID_ARGUMENT, "limit");
   expect("order-fulfillment", std::string(100, '[') + std::string(100, ']'), "",
@@ -151,8 +150,7 @@ TEST_F(BadInputTest, UnknownAndMalformedSagaIds) {
   saga::v1::ListSagasRequest list;
   list.set_page_token("not-a-token");
   saga::v1::ListSagasResponse lresp;
-  EXPECT_EQ(stub_->ListSagas(&c4, list, &lresp).error_code(),
-            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(stub_->ListSagas(&c4, list, &lresp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(BadInputTest, HostileStringsRoundTripByteForByte) {

@@ -1,12 +1,5 @@
 #include "tests/integration/fixture.h"
 
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <arpa/inet.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace saga::testing {
 namespace {
@@ -204,8 +203,7 @@ saga::v1::Saga SagaTest::Get(const std::string& id, bool history) {
   }
   return ::testing::AssertionFailure()
          << "saga " << id << " is " << saga::v1::SagaStatus_Name(saga.status()) << " (error '"
-         << saga.error() << "'), not " << saga::v1::SagaStatus_Name(status) << " after "
-         << timeout;
+         << saga.error() << "'), not " << saga::v1::SagaStatus_Name(status) << " after " << timeout;
 }
 
 int SagaTest::CountSagas() {

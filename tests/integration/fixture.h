@@ -3,20 +3,19 @@
 // or as a child process) serving the public API.
 #pragma once
 
-#include <sys/types.h>
-
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/time/time.h"
-#include "nlohmann/json.hpp"
 #include "examples/participants/shop_server.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "orchestrator/server/server.h"
 #include "orchestrator/store/pg/testing/test_database.h"
 #include "saga/v1/orchestrator.grpc.pb.h"
+#include <sys/types.h>
 
 namespace saga::testing {
 

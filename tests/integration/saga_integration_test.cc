@@ -1,8 +1,5 @@
 // Sagas end to end through the public gRPC API, against the example shop participants and a
 // real PostgreSQL.
-#include <signal.h>
-#include <sys/wait.h>
-
 #include <atomic>
 #include <set>
 #include <thread>
@@ -10,6 +7,8 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/fixture.h"
+#include <signal.h>
+#include <sys/wait.h>
 
 namespace saga::testing {
 namespace {
@@ -23,12 +22,8 @@ constexpr char kRefund[] = "shop.v1.Payment/Refund";
 constexpr char kSchedule[] = "shop.v1.Shipping/Schedule";
 
 nlohmann::json Order(const std::string& id, nlohmann::json behavior = nlohmann::json::object()) {
-  return {{"order_id", id},
-          {"sku", "book-42"},
-          {"quantity", 2},
-          {"amount_cents", 1999},
-          {"address", "1 Main St"},
-          {"behavior", std::move(behavior)}};
+  return {{"order_id", id},       {"sku", "book-42"},       {"quantity", 2},
+          {"amount_cents", 1999}, {"address", "1 Main St"}, {"behavior", std::move(behavior)}};
 }
 
 // The ledger's applied calls for an order, as "method" in order.
@@ -84,8 +79,7 @@ TEST_F(SagaTest, BusinessFailureAtLastStepCompensatesInReverseOrder) {
   const std::string id =
       Start("order-fulfillment", Order("o-noship", {{"ship", {{"fail", "no courier"}}}}));
   ASSERT_TRUE(WaitForStatus(id, saga::v1::SAGA_STATUS_COMPENSATED));
-  EXPECT_THAT(Applied(*shop_, "o-noship"),
-              ElementsAre(kReserve, kCharge, kRefund, kRelease));
+  EXPECT_THAT(Applied(*shop_, "o-noship"), ElementsAre(kReserve, kCharge, kRefund, kRelease));
   EXPECT_EQ(shop_->ChargedTotal(), 0);
   EXPECT_EQ(shop_->Stock("book-42"), 1000000);
 }
@@ -169,8 +163,7 @@ TEST_F(SagaTest, AbortDuringBackoffCompensatesWithoutWaitingForTheRetry) {
   EXPECT_EQ(shop_->AppliedCount(kRelease, "o-abort"), 1);
 
   grpc::ClientContext ctx2;
-  EXPECT_EQ(stub_->AbortSaga(&ctx2, req, &resp).error_code(),
-            grpc::StatusCode::FAILED_PRECONDITION)
+  EXPECT_EQ(stub_->AbortSaga(&ctx2, req, &resp).error_code(), grpc::StatusCode::FAILED_PRECONDITION)
       << "an ended saga cannot be aborted";
 }
 
@@ -247,10 +240,9 @@ TEST_F(SagaTest, WatchSagaStreamsEveryEventInOrderAndEnds) {
     types.push_back(e.type() + (e.step().empty() ? "" : "(" + e.step() + ")"));
   }
   ASSERT_TRUE(reader->Finish().ok());
-  EXPECT_THAT(types, ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)",
-                                 "STEP_SUCCEEDED(reserve)", "STEP_STARTED(charge)",
-                                 "STEP_SUCCEEDED(charge)", "STEP_STARTED(ship)",
-                                 "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
+  EXPECT_THAT(types, ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)", "STEP_SUCCEEDED(reserve)",
+                                 "STEP_STARTED(charge)", "STEP_SUCCEEDED(charge)",
+                                 "STEP_STARTED(ship)", "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
   EXPECT_TRUE(e.terminal());
   EXPECT_EQ(e.status(), saga::v1::SAGA_STATUS_COMPLETED);
 
@@ -270,8 +262,8 @@ TEST_F(SagaTest, ListSagasFiltersAndPages) {
   for (int i = 0; i < 5; ++i) {
     ids.push_back(Start("order-fulfillment", Order("o-list-" + std::to_string(i))));
   }
-  ids.push_back(Start("order-fulfillment",
-                      Order("o-list-fail", {{"charge", {{"fail", "declined"}}}})));
+  ids.push_back(
+      Start("order-fulfillment", Order("o-list-fail", {{"charge", {{"fail", "declined"}}}})));
   for (size_t i = 0; i + 1 < ids.size(); ++i) {
     ASSERT_TRUE(WaitForStatus(ids[i], saga::v1::SAGA_STATUS_COMPLETED));
   }
@@ -343,8 +335,7 @@ TEST_F(SagaTest, KilledSagadResumesEverySagaAndAppliesEachKeyOnce) {
   // The restarted replica found the same sagas by key.
   saga::v1::StartSagaResponse resp;
   ASSERT_TRUE(TryStart("order-fulfillment",
-                       Order("o-kill-0", {{"charge", {{"delay_ms", 400}}}}).dump(), "kill-0",
-                       &resp)
+                       Order("o-kill-0", {{"charge", {{"delay_ms", 400}}}}).dump(), "kill-0", &resp)
                   .ok());
   EXPECT_EQ(resp.saga_id(), ids[0]);
   EXPECT_FALSE(resp.created());

@@ -3,8 +3,6 @@
 // TESTONLY. Not thread-safe (one test thread).
 #pragma once
 
-#include <sys/types.h>
-
 #include <map>
 #include <optional>
 #include <string>
@@ -13,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include <sys/types.h>
 
 namespace saga::testing {
 

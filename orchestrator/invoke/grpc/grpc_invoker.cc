@@ -780,7 +780,6 @@ class GrpcInvoker::Impl {
   absl::Mutex targets_mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<Target>> targets_ ABSL_GUARDED_BY(targets_mu_);
 
-
   absl::Mutex live_mu_;
   bool shutting_down_ ABSL_GUARDED_BY(live_mu_) = false;
   LiveCalls live_ ABSL_GUARDED_BY(live_mu_);

@@ -51,8 +51,8 @@ Classified Classify(std::string_view op, const std::exception& e, bool committin
       return {absl::InvalidArgumentError(message), Retry::kNo, false};
     }
     // connection_exception, too_many_connections, admin/crash shutdown, cannot_connect_now.
-    if (absl::StartsWith(state, "08") || state == "53300" || state == "57P01" ||
-        state == "57P02" || state == "57P03") {
+    if (absl::StartsWith(state, "08") || state == "53300" || state == "57P01" || state == "57P02" ||
+        state == "57P03") {
       if (committing) return {absl::UnknownError(message), Retry::kNo, true};
       return {absl::UnavailableError(message), Retry::kReconnect, true};
     }
@@ -88,13 +88,11 @@ absl::StatusOr<std::unique_ptr<pqxx::connection>> OpenConnection(
     }
     return conn;
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrFormat("connect to PostgreSQL: %s", OneLine(e.what())));
+    return absl::UnavailableError(absl::StrFormat("connect to PostgreSQL: %s", OneLine(e.what())));
   }
 }
 
-absl::Status StatusFromException(std::string_view op, const std::exception& e,
-                                 bool committing) {
+absl::Status StatusFromException(std::string_view op, const std::exception& e, bool committing) {
   return Classify(op, e, committing).status;
 }
 
@@ -117,13 +115,12 @@ absl::StatusOr<ConnectionPool::Handle> ConnectionPool::Acquire(absl::Duration ti
   std::unique_ptr<pqxx::connection> conn;
   {
     absl::MutexLock lock(&mu_);
-    auto free_slot = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return closed_ || in_use_ < size_;
-    };
+    auto free_slot = [this]()
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || in_use_ < size_; };
     if (!mu_.AwaitWithTimeout(absl::Condition(&free_slot), timeout)) {
-      return absl::UnavailableError(absl::StrFormat(
-          "connection pool exhausted: %d connections in use for %s", in_use_,
-          absl::FormatDuration(timeout)));
+      return absl::UnavailableError(
+          absl::StrFormat("connection pool exhausted: %d connections in use for %s", in_use_,
+                          absl::FormatDuration(timeout)));
     }
     if (closed_) return absl::UnavailableError("connection pool is closed");
     ++in_use_;

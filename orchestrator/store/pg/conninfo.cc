@@ -12,7 +12,9 @@ namespace saga::store::pg {
 namespace {
 
 // This Abseil build has its own string_view type.
-absl::string_view Absl(std::string_view text) { return absl::string_view(text.data(), text.size()); }
+absl::string_view Absl(std::string_view text) {
+  return absl::string_view(text.data(), text.size());
+}
 
 std::string PercentEncode(absl::string_view text) {
   std::string out;
@@ -83,9 +85,11 @@ bool HasConnectionParameter(std::string_view conninfo, std::string_view key) {
   // key=value pairs: look for the key at a word start followed by optional spaces and '='.
   size_t pos = 0;
   while ((pos = conninfo.find(key, pos)) != absl::string_view::npos) {
-    bool word_start = pos == 0 || absl::ascii_isspace(static_cast<unsigned char>(conninfo[pos - 1]));
+    bool word_start =
+        pos == 0 || absl::ascii_isspace(static_cast<unsigned char>(conninfo[pos - 1]));
     size_t after = pos + key.size();
-    while (after < conninfo.size() && absl::ascii_isspace(static_cast<unsigned char>(conninfo[after]))) {
+    while (after < conninfo.size() &&
+           absl::ascii_isspace(static_cast<unsigned char>(conninfo[after]))) {
       ++after;
     }
     if (word_start && after < conninfo.size() && conninfo[after] == '=') return true;

@@ -100,8 +100,7 @@ absl::StatusOr<std::unique_ptr<PgListener>> PgListener::Create(const std::string
   return std::unique_ptr<PgListener>(new PgListener(conninfo, channel, *std::move(conn)));
 }
 
-PgListener::PgListener(std::string conninfo, std::string channel,
-                       std::unique_ptr<Connection> conn)
+PgListener::PgListener(std::string conninfo, std::string channel, std::unique_ptr<Connection> conn)
     : conninfo_(std::move(conninfo)), channel_(std::move(channel)), conn_(std::move(conn)) {}
 
 PgListener::~PgListener() = default;

@@ -97,9 +97,8 @@ std::string_view StatusText(SagaStatus status) {
 }
 
 std::optional<SagaStatus> ParseStatusText(std::string_view text) {
-  for (SagaStatus status : {SagaStatus::kRunning, SagaStatus::kCompleted,
-                            SagaStatus::kCompensating, SagaStatus::kCompensated,
-                            SagaStatus::kFailed}) {
+  for (SagaStatus status : {SagaStatus::kRunning, SagaStatus::kCompleted, SagaStatus::kCompensating,
+                            SagaStatus::kCompensated, SagaStatus::kFailed}) {
     if (StatusText(status) == text) return status;
   }
   return std::nullopt;
@@ -184,13 +183,13 @@ absl::Status PrepareEvents(const std::string& saga_id, const std::vector<Event>&
   details->clear();
   for (size_t i = 0; i < events.size(); ++i) {
     const Event& event = events[i];
-    const int64_t expected =
-        first_seq.has_value() ? *first_seq + static_cast<int64_t>(i)
-                              : (i == 0 ? event.seq : events[0].seq + static_cast<int64_t>(i));
+    const int64_t expected = first_seq.has_value()
+                                 ? *first_seq + static_cast<int64_t>(i)
+                                 : (i == 0 ? event.seq : events[0].seq + static_cast<int64_t>(i));
     if (event.seq != expected || event.seq < 1) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("saga %s: event seq %d out of order (expected %d)", saga_id,
-                          event.seq, std::max<int64_t>(expected, 1)));
+          absl::StrFormat("saga %s: event seq %d out of order (expected %d)", saga_id, event.seq,
+                          std::max<int64_t>(expected, 1)));
     }
     const int type = static_cast<int>(event.type);
     if (type < 1 || type > 32767) {
@@ -352,7 +351,8 @@ struct EventArrays {
 };
 
 // Reads claimed rows and their full histories (kClaimDue / kReclaim result).
-absl::StatusOr<std::vector<ClaimedSaga>> ReadClaimed(pqxx::transaction_base& txn, const pqxx::result& rows) {
+absl::StatusOr<std::vector<ClaimedSaga>> ReadClaimed(pqxx::transaction_base& txn,
+                                                     const pqxx::result& rows) {
   std::vector<ClaimedSaga> claimed;
   claimed.reserve(rows.size());
   std::map<std::string, size_t> index;
@@ -443,9 +443,8 @@ void ResolveStarts(pqxx::transaction_base& tx, const std::vector<PendingOp*>& un
   std::map<std::pair<std::string, std::string>, Existing> by_key;
   for (const pqxx::row& row : tx.exec_prepared(Name(sql::kSelectStartConflicts), Build(ids),
                                                Build(key_definitions), Build(keys))) {
-    Existing existing{row[0].as<std::string>(), row[1].as<std::string>(),
-                      row[2].as<std::string>(), row[3].as<std::string>(),
-                      row[4].as<int64_t>()};
+    Existing existing{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::string>(),
+                      row[3].as<std::string>(), row[4].as<int64_t>()};
     by_id[existing.id] = existing;
     if (!existing.key.empty()) by_key[{existing.definition_name, existing.key}] = existing;
   }
@@ -466,13 +465,11 @@ void ResolveStarts(pqxx::transaction_base& tx, const std::vector<PendingOp*>& un
     }
     auto it = by_id.find(saga.id);
     if (it != by_id.end() && it->second.definition_name == saga.definition_name &&
-        it->second.input_hash == saga.input_hash &&
-        it->second.key == saga.idempotency_key) {
+        it->second.input_hash == saga.input_hash && it->second.key == saga.idempotency_key) {
       // The same start again (e.g. retried after kUnknown).
       op->result = StartResult{it->second.id, /*created=*/false, it->second.fence};
     } else if (it != by_id.end()) {
-      op->status = absl::AlreadyExistsError(
-          absl::StrFormat("saga id %s already exists", saga.id));
+      op->status = absl::AlreadyExistsError(absl::StrFormat("saga id %s already exists", saga.id));
     } else {
       // Conflicted with a row that no longer exists: the caller may simply retry.
       op->status = absl::AbortedError(
@@ -507,16 +504,15 @@ void ExplainRejected(pqxx::transaction_base& tx, const std::vector<PendingOp*>& 
     ++*fenced;
     if (it->second.fence != t.fence) {
       op->status = absl::AbortedError(absl::StrFormat(
-          "saga %s: fence %d is stale (current fence %d)", t.saga_id, t.fence,
-          it->second.fence));
+          "saga %s: fence %d is stale (current fence %d)", t.saga_id, t.fence, it->second.fence));
     } else if (it->second.owner != t.owner) {
-      op->status = absl::AbortedError(absl::StrFormat(
-          "saga %s: fence %d is stale (no longer owned by %s)", t.saga_id, t.fence,
-          Quoted(t.owner)));
+      op->status =
+          absl::AbortedError(absl::StrFormat("saga %s: fence %d is stale (no longer owned by %s)",
+                                             t.saga_id, t.fence, Quoted(t.owner)));
     } else {
-      op->status = absl::AbortedError(absl::StrFormat(
-          "saga %s: events start at seq %d but the history ends at %d", t.saga_id,
-          t.events.front().seq, it->second.last_seq));
+      op->status = absl::AbortedError(
+          absl::StrFormat("saga %s: events start at seq %d but the history ends at %d", t.saga_id,
+                          t.events.front().seq, it->second.last_seq));
     }
   }
 }
@@ -524,8 +520,8 @@ void ExplainRejected(pqxx::transaction_base& tx, const std::vector<PendingOp*>& 
 // Writes one round with one kWriteBatch statement, then answers its ops: created starts and
 // accepted transitions succeed; the others are resolved or explained.
 absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t* fenced) {
-  ArrayLiteral id, definition_name, definition_version, status, input, input_hash, key,
-      traceparent, owner, lease_us, last_seq;
+  ArrayLiteral id, definition_name, definition_version, status, input, input_hash, key, traceparent,
+      owner, lease_us, last_seq;
   EventArrays events;
   for (const PendingOp* op : round.starts) {
     const NewSaga& saga = op->saga;
@@ -572,8 +568,7 @@ absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t*
            Build(owner), Build(lease_us), Build(last_seq), Build(t_id), Build(t_fence),
            Build(t_owner), Build(t_status), Build(t_error), Build(t_prev_seq), Build(t_last_seq),
            Build(t_release), Build(t_clear_requests), Build(events.saga_id), Build(events.seq),
-           Build(events.type), Build(events.step), Build(events.attempt),
-           Build(events.detail))) {
+           Build(events.type), Build(events.step), Build(events.attempt), Build(events.detail))) {
     const std::string_view kind = row[0].c_str();
     if (kind == "S") {
       created.insert(row[1].as<std::string>());
@@ -599,9 +594,9 @@ absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t*
     }
   }
   if (events_inserted != events_expected) {
-    return absl::InternalError(absl::StrFormat(
-        "write batch: %d of %d events inserted (history rows already existed)", events_inserted,
-        events_expected));
+    return absl::InternalError(
+        absl::StrFormat("write batch: %d of %d events inserted (history rows already existed)",
+                        events_inserted, events_expected));
   }
   if (!rejected.empty()) ExplainRejected(tx, rejected, fenced);
   return absl::OkStatus();
@@ -644,8 +639,8 @@ absl::StatusOr<std::unique_ptr<PgStore>> PgStore::Create(const PgStoreOptions& o
     conninfo = WithConnectionParameter(conninfo, "application_name", "saga-orchestrator");
   }
   if (options.run_migrations) SAGA_RETURN_IF_ERROR(ApplyMigrations(conninfo));
-  auto pool = std::make_unique<ConnectionPool>(conninfo, options.pool_size,
-                                               options.acquire_timeout);
+  auto pool =
+      std::make_unique<ConnectionPool>(conninfo, options.pool_size, options.acquire_timeout);
   return std::unique_ptr<PgStore>(new PgStore(options, std::move(pool)));
 }
 
@@ -774,9 +769,8 @@ void PgStore::WriteBatch(const std::vector<PendingOp*>& ops) {
   };
   // One round is one statement, atomic on its own: it runs without BEGIN and COMMIT, which
   // saves two round trips per batch. Several rounds share a transaction.
-  absl::Status status = rounds.size() == 1
-                            ? WithAutocommit(*pool_, "group commit", write)
-                            : WithTransaction(*pool_, "group commit", write);
+  absl::Status status = rounds.size() == 1 ? WithAutocommit(*pool_, "group commit", write)
+                                           : WithTransaction(*pool_, "group commit", write);
   if (status.ok()) {
     batches_committed_.fetch_add(1);
     ops_committed_.fetch_add(static_cast<int64_t>(ops.size()));
@@ -809,9 +803,9 @@ absl::StatusOr<PutDefinitionResult> PgStore::PutDefinition(const DefinitionRecor
       result.version = existing[0][0].as<int>();
       return absl::OkStatus();
     }
-    pqxx::result inserted = txn.exec_prepared(Name(sql::kInsertDefinition), record.name,
-                                              record.spec_json, record.content_hash,
-                                              descriptor_hex);
+    pqxx::result inserted =
+        txn.exec_prepared(Name(sql::kInsertDefinition), record.name, record.spec_json,
+                          record.content_hash, descriptor_hex);
     result.version = inserted[0][0].as<int>();
     result.created = true;
     return absl::OkStatus();
@@ -825,9 +819,8 @@ absl::StatusOr<DefinitionRecord> PgStore::GetDefinition(const std::string& name,
   std::optional<DefinitionRecord> found;
   SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "get definition", [&](pqxx::transaction_base& txn) {
     found.reset();
-    pqxx::result rows = version == 0
-                            ? txn.exec_prepared(Name(sql::kGetLatestDefinition), name)
-                            : txn.exec_prepared(Name(sql::kGetDefinition), name, version);
+    pqxx::result rows = version == 0 ? txn.exec_prepared(Name(sql::kGetLatestDefinition), name)
+                                     : txn.exec_prepared(Name(sql::kGetDefinition), name, version);
     if (rows.empty()) return absl::OkStatus();
     SAGA_ASSIGN_OR_RETURN(found, ReadDefinition(rows[0]));
     return absl::OkStatus();
@@ -844,14 +837,15 @@ absl::StatusOr<DefinitionRecord> PgStore::GetDefinition(const std::string& name,
 
 absl::StatusOr<std::vector<DefinitionRecord>> PgStore::ListDefinitions() {
   std::vector<DefinitionRecord> records;
-  SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "list definitions", [&](pqxx::transaction_base& txn) {
-    records.clear();
-    for (const pqxx::row& row : txn.exec_prepared(Name(sql::kListDefinitions))) {
-      SAGA_ASSIGN_OR_RETURN(DefinitionRecord record, ReadDefinition(row));
-      records.push_back(std::move(record));
-    }
-    return absl::OkStatus();
-  }));
+  SAGA_RETURN_IF_ERROR(
+      WithTransaction(*pool_, "list definitions", [&](pqxx::transaction_base& txn) {
+        records.clear();
+        for (const pqxx::row& row : txn.exec_prepared(Name(sql::kListDefinitions))) {
+          SAGA_ASSIGN_OR_RETURN(DefinitionRecord record, ReadDefinition(row));
+          records.push_back(std::move(record));
+        }
+        return absl::OkStatus();
+      }));
   return records;
 }
 
@@ -865,8 +859,7 @@ absl::StatusOr<std::vector<ClaimedSaga>> PgStore::ClaimDue(const std::string& ow
   std::vector<ClaimedSaga> claimed;
   if (limit <= 0) return claimed;
   SAGA_RETURN_IF_ERROR(WithTransaction(*pool_, "claim due sagas", [&](pqxx::transaction_base& txn) {
-    pqxx::result rows =
-        txn.exec_prepared(Name(sql::kClaimDue), owner, LeaseMicros(lease), limit);
+    pqxx::result rows = txn.exec_prepared(Name(sql::kClaimDue), owner, LeaseMicros(lease), limit);
     SAGA_ASSIGN_OR_RETURN(claimed, ReadClaimed(txn, rows));
     return absl::OkStatus();
   }));
@@ -966,8 +959,7 @@ absl::StatusOr<SagaRow> PgStore::RequestAbort(const std::string& id, const std::
         return txn.exec_prepared(Name(sql::kRequestAbort), saga_id, reason);
       },
       [&](const SagaRow& row) {
-        return absl::StrFormat("saga %s has already ended (%s)", saga_id,
-                               StatusText(row.status));
+        return absl::StrFormat("saga %s has already ended (%s)", saga_id, StatusText(row.status));
       });
 }
 
@@ -1036,11 +1028,11 @@ absl::StatusOr<std::vector<SagaRow>> PgStore::ListSagas(const ListFilter& filter
     sagas.clear();
     pqxx::result rows;
     if (!status.empty() && !filter.definition.empty()) {
-      rows = txn.exec_prepared(Name(sql::kListSagasByStatusAndDefinition), before_time,
-                               before_id, limit, status, filter.definition);
+      rows = txn.exec_prepared(Name(sql::kListSagasByStatusAndDefinition), before_time, before_id,
+                               limit, status, filter.definition);
     } else if (!status.empty()) {
-      rows = txn.exec_prepared(Name(sql::kListSagasByStatus), before_time, before_id, limit,
-                               status);
+      rows =
+          txn.exec_prepared(Name(sql::kListSagasByStatus), before_time, before_id, limit, status);
     } else if (!filter.definition.empty()) {
       rows = txn.exec_prepared(Name(sql::kListSagasByDefinition), before_time, before_id, limit,
                                filter.definition);

@@ -107,10 +107,9 @@ class PgStore final : public Store {
                  absl::AnyInvocable<void(absl::StatusOr<StartResult>) &&> done) override;
   void Commit(Transition transition, absl::AnyInvocable<void(absl::Status) &&> done) override;
 
-  absl::StatusOr<std::vector<ClaimedSaga>> ClaimDue(const std::string& owner,
-                                                    absl::Duration lease, int limit) override;
-  absl::StatusOr<std::vector<ClaimedSaga>> Reclaim(const std::string& owner,
-                                                   absl::Duration lease,
+  absl::StatusOr<std::vector<ClaimedSaga>> ClaimDue(const std::string& owner, absl::Duration lease,
+                                                    int limit) override;
+  absl::StatusOr<std::vector<ClaimedSaga>> Reclaim(const std::string& owner, absl::Duration lease,
                                                    const std::vector<std::string>& ids) override;
   absl::StatusOr<std::vector<OwnedSaga>> RenewLeases(const std::string& owner,
                                                      absl::Duration lease) override;

@@ -38,19 +38,19 @@ using ::testing::IsEmpty;
 using ::testing::SizeIs;
 using ::testing::UnorderedElementsAreArray;
 
-#define ASSERT_OK(expr)                                  \
-  do {                                                   \
-    const absl::Status assert_ok_status_ = (expr);       \
+#define ASSERT_OK(expr)                                       \
+  do {                                                        \
+    const absl::Status assert_ok_status_ = (expr);            \
     ASSERT_TRUE(assert_ok_status_.ok()) << assert_ok_status_; \
   } while (false)
 
-#define ASSERT_OK_AND_ASSIGN(lhs, expr)                          \
+#define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   ASSERT_OK_AND_ASSIGN_IMPL_(SAGA_TEST_CONCAT_(statusor_, __LINE__), lhs, expr)
 #define SAGA_TEST_CONCAT_INNER_(a, b) a##b
 #define SAGA_TEST_CONCAT_(a, b) SAGA_TEST_CONCAT_INNER_(a, b)
-#define ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, expr)          \
-  auto statusor = (expr);                                        \
-  ASSERT_TRUE(statusor.ok()) << statusor.status();               \
+#define ASSERT_OK_AND_ASSIGN_IMPL_(statusor, lhs, expr) \
+  auto statusor = (expr);                               \
+  ASSERT_TRUE(statusor.ok()) << statusor.status();      \
   lhs = std::move(statusor).value()
 
 std::string NewId() {
@@ -208,10 +208,26 @@ TEST(MigrationsTest, EmbeddedInOrder) {
 // Array literals through PostgreSQL.
 
 TEST_F(PgStoreTest, ArrayLiteralRoundTripsHostileStrings) {
-  const std::vector<std::optional<std::string>> values = {
-      "plain", "", "\"", "\\", "\\\"", "{", "}", "{a,b}", ",", "a,b", " padded ", "NULL",
-      "null", std::nullopt, "'; DROP TABLE sagas;--", "üñíçødé ✓ 😀", "tab\tnew\nline",
-      "\\N", "$1", "{\"json\": [1, 2]}"};
+  const std::vector<std::optional<std::string>> values = {"plain",
+                                                          "",
+                                                          "\"",
+                                                          "\\",
+                                                          "\\\"",
+                                                          "{",
+                                                          "}",
+                                                          "{a,b}",
+                                                          ",",
+                                                          "a,b",
+                                                          " padded ",
+                                                          "NULL",
+                                                          "null",
+                                                          std::nullopt,
+                                                          "'; DROP TABLE sagas;--",
+                                                          "üñíçødé ✓ 😀",
+                                                          "tab\tnew\nline",
+                                                          "\\N",
+                                                          "$1",
+                                                          "{\"json\": [1, 2]}"};
   ASSERT_OK_AND_ASSIGN(std::string literal, EncodeArrayLiteral(values));
   pqxx::connection conn(db_->url());
   pqxx::work txn(conn);
@@ -414,8 +430,7 @@ TEST_F(PgStoreTest, StartSagaStoresRowAndEvents) {
   EXPECT_EQ(row.definition_version, 1);
   EXPECT_EQ(row.status, SagaStatus::kRunning);
   EXPECT_EQ(nlohmann::json::parse(row.input_json), nlohmann::json::parse(saga.input_json));
-  EXPECT_EQ(nlohmann::json::parse(row.input_json)["order_id"].get<int64_t>(),
-            9007199254740993LL);
+  EXPECT_EQ(nlohmann::json::parse(row.input_json)["order_id"].get<int64_t>(), 9007199254740993LL);
   EXPECT_EQ(row.idempotency_key, "key-1");
   EXPECT_EQ(row.traceparent, saga.traceparent);
   EXPECT_EQ(row.error, "");
@@ -532,8 +547,8 @@ TEST_F(PgStoreTest, ConcurrentStartsWithOneKeyCreateOneSaga) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
     threads.emplace_back([&, i] {
-      results[i] = Start(MakeNewSaga(absl::StrCat("replica-", i), absl::Minutes(1), "shared",
-                                     "same-input"));
+      results[i] =
+          Start(MakeNewSaga(absl::StrCat("replica-", i), absl::Minutes(1), "shared", "same-input"));
     });
   }
   for (std::thread& thread : threads) thread.join();
@@ -607,24 +622,23 @@ Transition MakeTransition(const std::string& id, const std::string& owner, int64
 
 TEST_F(PgStoreTest, FencedCommit) {
   const std::string id = StartOwned("a");
-  ASSERT_OK(CommitSync(
-      MakeTransition(id, "a", 1, {MakeEvent(2, EventType::kStepStarted, 0, 1)})));
+  ASSERT_OK(CommitSync(MakeTransition(id, "a", 1, {MakeEvent(2, EventType::kStepStarted, 0, 1)})));
   ASSERT_OK_AND_ASSIGN(SagaRow after_good, store_->GetSaga(id));
   EXPECT_EQ(after_good.last_seq, 2);
   EXPECT_GE(after_good.updated_at, after_good.created_at);
 
   // Stale fence: nothing changes.
-  absl::Status stale = CommitSync(
-      MakeTransition(id, "a", 0, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)}));
+  absl::Status stale =
+      CommitSync(MakeTransition(id, "a", 0, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)}));
   EXPECT_EQ(stale.code(), absl::StatusCode::kAborted) << stale;
   EXPECT_THAT(std::string(stale.message()), HasSubstr("fence 0 is stale"));
   // Wrong owner: nothing changes.
-  absl::Status not_owner = CommitSync(
-      MakeTransition(id, "b", 1, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)}));
+  absl::Status not_owner =
+      CommitSync(MakeTransition(id, "b", 1, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)}));
   EXPECT_EQ(not_owner.code(), absl::StatusCode::kAborted) << not_owner;
   // Out-of-sequence events (a duplicate seq): nothing changes.
-  absl::Status duplicate_seq = CommitSync(
-      MakeTransition(id, "a", 1, {MakeEvent(2, EventType::kStepSucceeded, 0, 1)}));
+  absl::Status duplicate_seq =
+      CommitSync(MakeTransition(id, "a", 1, {MakeEvent(2, EventType::kStepSucceeded, 0, 1)}));
   EXPECT_EQ(duplicate_seq.code(), absl::StatusCode::kAborted) << duplicate_seq;
 
   ASSERT_OK_AND_ASSIGN(SagaRow unchanged, store_->GetSaga(id));
@@ -650,9 +664,9 @@ TEST_F(PgStoreTest, FencedCommit) {
   EXPECT_EQ(completed.owner, "");
   EXPECT_EQ(completed.last_seq, 3);
   // Released: the old owner can no longer write.
-  EXPECT_EQ(CommitSync(MakeTransition(id, "a", 1, {MakeEvent(4, EventType::kSagaCompleted)}))
-                .code(),
-            absl::StatusCode::kAborted);
+  EXPECT_EQ(
+      CommitSync(MakeTransition(id, "a", 1, {MakeEvent(4, EventType::kSagaCompleted)})).code(),
+      absl::StatusCode::kAborted);
 }
 
 TEST_F(PgStoreTest, BatchMixingStaleAndGoodTransitions) {
@@ -760,8 +774,8 @@ TEST_F(PgStoreTest, ClaimAfterLeaseExpiry) {
   EXPECT_THAT(nothing, IsEmpty());
 
   const std::string expiring = StartOwned("a", absl::Milliseconds(1));
-  ASSERT_OK(CommitSync(
-      MakeTransition(expiring, "a", 1, {MakeEvent(2, EventType::kStepStarted, 0, 1)})));
+  ASSERT_OK(
+      CommitSync(MakeTransition(expiring, "a", 1, {MakeEvent(2, EventType::kStepStarted, 0, 1)})));
   absl::SleepFor(absl::Milliseconds(20));
   ASSERT_OK_AND_ASSIGN(std::vector<ClaimedSaga> claimed,
                        store_->ClaimDue("b", absl::Minutes(1), 10));
@@ -775,8 +789,8 @@ TEST_F(PgStoreTest, ClaimAfterLeaseExpiry) {
   EXPECT_EQ(claimed[0].events[1].type, EventType::kStepStarted);
 
   // The old owner is fenced out; the new one writes.
-  absl::Status old_owner = CommitSync(
-      MakeTransition(expiring, "a", 1, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)}));
+  absl::Status old_owner =
+      CommitSync(MakeTransition(expiring, "a", 1, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)}));
   EXPECT_EQ(old_owner.code(), absl::StatusCode::kAborted) << old_owner;
   ASSERT_OK(CommitSync(
       MakeTransition(expiring, "b", 2, {MakeEvent(3, EventType::kStepSucceeded, 0, 1)})));
@@ -855,8 +869,7 @@ TEST_F(PgStoreTest, RenewReleaseAndReclaim) {
   ASSERT_OK(store_->ReleaseAll("a"));
   ASSERT_OK_AND_ASSIGN(std::vector<OwnedSaga> none, store_->RenewLeases("a", absl::Hours(1)));
   EXPECT_THAT(none, IsEmpty());
-  ASSERT_OK_AND_ASSIGN(std::vector<ClaimedSaga> claimed,
-                       store_->ClaimDue("b", absl::Hours(1), 10));
+  ASSERT_OK_AND_ASSIGN(std::vector<ClaimedSaga> claimed, store_->ClaimDue("b", absl::Hours(1), 10));
   std::vector<std::string> claimed_ids;
   for (const ClaimedSaga& saga : claimed) claimed_ids.push_back(saga.row.id);
   EXPECT_THAT(claimed_ids, UnorderedElementsAreArray({one, two}));
@@ -867,8 +880,7 @@ TEST_F(PgStoreTest, RenewReleaseAndReclaim) {
 
 TEST_F(PgStoreTest, RequestAbortRules) {
   EXPECT_EQ(store_->RequestAbort(NewId(), "x").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(store_->RequestAbort("1234", "x").status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->RequestAbort("1234", "x").status().code(), absl::StatusCode::kInvalidArgument);
 
   const std::string id = StartOwned("a");
   ASSERT_OK_AND_ASSIGN(SagaRow first, store_->RequestAbort(id, "first reason"));
@@ -914,8 +926,7 @@ TEST_F(PgStoreTest, RequestRetryRules) {
   ASSERT_OK_AND_ASSIGN(SagaRow retried, store_->RequestRetry(id));
   EXPECT_TRUE(retried.retry_requested);
   EXPECT_EQ(retried.status, SagaStatus::kFailed);
-  ASSERT_OK_AND_ASSIGN(std::vector<ClaimedSaga> claimed,
-                       store_->ClaimDue("b", absl::Hours(1), 10));
+  ASSERT_OK_AND_ASSIGN(std::vector<ClaimedSaga> claimed, store_->ClaimDue("b", absl::Hours(1), 10));
   ASSERT_THAT(claimed, SizeIs(1));
   EXPECT_TRUE(claimed[0].row.retry_requested);
   EXPECT_EQ(claimed[0].row.error, "refund failed");
@@ -1011,9 +1022,10 @@ TEST_F(PgStoreTest, ListSagasFiltersAndPages) {
 }
 
 TEST_F(PgStoreTest, InvalidIdsAreInvalidArgument) {
-  for (const std::string& id : std::vector<std::string>{"", "x", "'; DROP TABLE sagas;--", "7f3e-not-a-uuid",
-                               "00000000-0000-0000-0000-00000000000g",
-                               std::string("00000000-0000-0000-0000-00000000000\0", 36)}) {
+  for (const std::string& id :
+       std::vector<std::string>{"", "x", "'; DROP TABLE sagas;--", "7f3e-not-a-uuid",
+                                "00000000-0000-0000-0000-00000000000g",
+                                std::string("00000000-0000-0000-0000-00000000000\0", 36)}) {
     EXPECT_EQ(store_->GetSaga(id).status().code(), absl::StatusCode::kInvalidArgument) << id;
     EXPECT_EQ(store_->ReadEvents(id, 0).status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(store_->RequestRetry(id).status().code(), absl::StatusCode::kInvalidArgument);
@@ -1117,7 +1129,8 @@ TEST_F(PgStoreTest, PoolExhaustionIsUnavailable) {
 // Listener.
 
 TEST_F(PgStoreTest, ListenerReceivesWakeups) {
-  absl::StatusOr<std::unique_ptr<PgListener>> listener = PgListener::Create(db_->url(), "saga_wake");
+  absl::StatusOr<std::unique_ptr<PgListener>> listener =
+      PgListener::Create(db_->url(), "saga_wake");
   ASSERT_TRUE(listener.ok()) << listener.status();
   EXPECT_EQ(PgListener::Create(db_->url(), "Bad Channel").status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -1144,9 +1157,9 @@ TEST_F(PgStoreTest, ListenerReceivesWakeups) {
   }
 
   // Kill the listener's connection: it reconnects, says "" (poll now), and listens again.
-  ASSERT_OK(db_->Execute(
-      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-      "WHERE datname = current_database() AND query LIKE 'LISTEN%'"));
+  ASSERT_OK(
+      db_->Execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND query LIKE 'LISTEN%'"));
   {
     absl::MutexLock lock(&mu);
     auto reconnected = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return payloads.size() >= 3; };

@@ -22,21 +22,21 @@ struct Statement {
 // The columns of a SagaRow, read from `sagas s` (see ReadSagaRow in pg_store.cc).
 #define SAGA_PG_SAGA_COLUMNS                                                              \
   " s.id::text, s.definition_name, s.definition_version, s.status, s.input::text,"        \
-  " coalesce(s.idempotency_key, ''), coalesce(s.traceparent, ''), coalesce(s.error, ''),"  \
+  " coalesce(s.idempotency_key, ''), coalesce(s.traceparent, ''), coalesce(s.error, '')," \
   " (extract(epoch FROM s.created_at) * 1000000)::bigint,"                                \
   " (extract(epoch FROM s.updated_at) * 1000000)::bigint,"                                \
   " s.last_seq, s.fence, coalesce(s.owner, ''), s.abort_requested,"                       \
   " coalesce(s.abort_reason, ''), s.retry_requested "
 
 // The columns of an Event, read from `saga_events e` (see ReadEvent in pg_store.cc).
-#define SAGA_PG_EVENT_COLUMNS                                                 \
-  " e.saga_id::text, e.seq, e.type, e.step, e.attempt, e.detail::text,"       \
+#define SAGA_PG_EVENT_COLUMNS                                           \
+  " e.saga_id::text, e.seq, e.type, e.step, e.attempt, e.detail::text," \
   " (extract(epoch FROM e.recorded_at) * 1000000)::bigint "
 
 // The columns of a DefinitionRecord, read from `saga_definitions d`.
-#define SAGA_PG_DEFINITION_COLUMNS                                            \
-  " d.name, d.version, d.spec::text, d.content_hash,"                         \
-  " encode(d.descriptor_set, 'hex'),"                                         \
+#define SAGA_PG_DEFINITION_COLUMNS                    \
+  " d.name, d.version, d.spec::text, d.content_hash," \
+  " encode(d.descriptor_set, 'hex'),"                 \
   " (extract(epoch FROM d.created_at) * 1000000)::bigint "
 
 // ---------------------------------------------------------------------------------------------
@@ -86,9 +86,8 @@ inline constexpr Statement kInsertDefinition{
     " RETURNING version"};
 
 inline constexpr Statement kGetDefinition{
-    "get_definition",
-    "SELECT" SAGA_PG_DEFINITION_COLUMNS
-    "FROM saga_definitions d WHERE d.name = $1 AND d.version = $2"};
+    "get_definition", "SELECT" SAGA_PG_DEFINITION_COLUMNS
+                      "FROM saga_definitions d WHERE d.name = $1 AND d.version = $2"};
 
 inline constexpr Statement kGetLatestDefinition{
     "get_latest_definition",
@@ -96,9 +95,8 @@ inline constexpr Statement kGetLatestDefinition{
     "FROM saga_definitions d WHERE d.name = $1 ORDER BY d.version DESC LIMIT 1"};
 
 inline constexpr Statement kListDefinitions{
-    "list_definitions",
-    "SELECT DISTINCT ON (d.name)" SAGA_PG_DEFINITION_COLUMNS
-    "FROM saga_definitions d ORDER BY d.name, d.version DESC"};
+    "list_definitions", "SELECT DISTINCT ON (d.name)" SAGA_PG_DEFINITION_COLUMNS
+                        "FROM saga_definitions d ORDER BY d.name, d.version DESC"};
 
 // ---------------------------------------------------------------------------------------------
 // Group commit.
@@ -271,9 +269,8 @@ inline constexpr Statement kSagaExists{"saga_exists", "SELECT 1 FROM sagas WHERE
 
 // $1 id, $2 after_seq.
 inline constexpr Statement kReadEvents{
-    "read_events",
-    "SELECT" SAGA_PG_EVENT_COLUMNS
-    "FROM saga_events e WHERE e.saga_id = $1 AND e.seq > $2 ORDER BY e.seq"};
+    "read_events", "SELECT" SAGA_PG_EVENT_COLUMNS
+                   "FROM saga_events e WHERE e.saga_id = $1 AND e.seq > $2 ORDER BY e.seq"};
 
 // Newest first, strictly before the cursor ($1 created_at as timestamptz text, $2 id; with no
 // cursor: 'infinity' and the largest uuid), at most $3 rows.
@@ -285,17 +282,15 @@ inline constexpr Statement kReadEvents{
 inline constexpr Statement kListSagas{"list_sagas",
                                       SAGA_PG_LIST_SAGAS_PREFIX SAGA_PG_LIST_SAGAS_SUFFIX};
 // $4 status.
-inline constexpr Statement kListSagasByStatus{
-    "list_sagas_by_status",
-    SAGA_PG_LIST_SAGAS_PREFIX " AND s.status = $4" SAGA_PG_LIST_SAGAS_SUFFIX};
+inline constexpr Statement kListSagasByStatus{"list_sagas_by_status", SAGA_PG_LIST_SAGAS_PREFIX
+                                              " AND s.status = $4" SAGA_PG_LIST_SAGAS_SUFFIX};
 // $4 definition_name.
 inline constexpr Statement kListSagasByDefinition{
     "list_sagas_by_definition",
     SAGA_PG_LIST_SAGAS_PREFIX " AND s.definition_name = $4" SAGA_PG_LIST_SAGAS_SUFFIX};
 // $4 status, $5 definition_name.
 inline constexpr Statement kListSagasByStatusAndDefinition{
-    "list_sagas_by_status_and_definition",
-    SAGA_PG_LIST_SAGAS_PREFIX
+    "list_sagas_by_status_and_definition", SAGA_PG_LIST_SAGAS_PREFIX
     " AND s.status = $4 AND s.definition_name = $5" SAGA_PG_LIST_SAGAS_SUFFIX};
 
 #undef SAGA_PG_LIST_SAGAS_PREFIX

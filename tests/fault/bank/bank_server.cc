@@ -66,12 +66,11 @@ class Timers {
       }
       const absl::Time next =
           tasks_.empty() ? now + absl::Milliseconds(100) : tasks_.begin()->first;
-      mu_.AwaitWithDeadline(absl::Condition(
-                                +[](Timers* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                                  return t->stopped_ || t->woken_;
-                                },
-                                this),
-                            next);
+      mu_.AwaitWithDeadline(
+          absl::Condition(
+              +[](Timers* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->stopped_ || t->woken_; },
+              this),
+          next);
       woken_ = false;
     }
   }
@@ -104,11 +103,10 @@ class BankService final : public v1::Bank::CallbackService {
  public:
   BankService(BankState* state, Timers* timers) : state_(state), timers_(timers) {}
 
-#define SAGA_BANK_METHOD(Name)                                                          \
-  grpc::ServerUnaryReactor* Name(grpc::CallbackServerContext* context,                 \
-                                 const v1::MoveRequest* request, v1::MoveReply* reply) \
-      override {                                                                        \
-    return Handle(context, request, reply, BankMethod::k##Name);                        \
+#define SAGA_BANK_METHOD(Name)                                                                    \
+  grpc::ServerUnaryReactor* Name(grpc::CallbackServerContext* context,                            \
+                                 const v1::MoveRequest* request, v1::MoveReply* reply) override { \
+    return Handle(context, request, reply, BankMethod::k##Name);                                  \
   }
   SAGA_BANK_METHOD(Reserve)
   SAGA_BANK_METHOD(ReleaseReserve)
@@ -171,7 +169,8 @@ class AdminService final : public v1::BankAdmin::CallbackService {
                                    const v1::ExportRequest* request,
                                    v1::ExportReply* reply) override {
     const int limit = request->limit() <= 0 ? 5000 : std::min(request->limit(), 10000);
-    for (auto& e : state_->Export(request->after_seq(), limit)) *reply->add_entries() = std::move(e);
+    for (auto& e : state_->Export(request->after_seq(), limit))
+      *reply->add_entries() = std::move(e);
     reply->set_last_seq(state_->Snapshot().deliveries());
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -270,7 +269,8 @@ absl::StatusOr<BankDump> FetchBankDump(const std::string& address) {
     v1::ExportReply reply;
     grpc::Status s = stub->Export(&ctx, req, &reply);
     if (!s.ok()) {
-      return absl::UnavailableError(absl::StrCat("bank Export at ", address, ": ", s.error_message()));
+      return absl::UnavailableError(
+          absl::StrCat("bank Export at ", address, ": ", s.error_message()));
     }
     for (auto& e : *reply.mutable_entries()) dump.entries.push_back(std::move(e));
     if (reply.entries_size() == 0) break;
@@ -280,14 +280,15 @@ absl::StatusOr<BankDump> FetchBankDump(const std::string& address) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   grpc::Status s = stub->Snapshot(&ctx, {}, &dump.snapshot);
   if (!s.ok()) {
-    return absl::UnavailableError(absl::StrCat("bank Snapshot at ", address, ": ", s.error_message()));
+    return absl::UnavailableError(
+        absl::StrCat("bank Snapshot at ", address, ": ", s.error_message()));
   }
   return dump;
 }
 
 absl::Status ConfigureBank(const std::string& address, const bank::v1::FaultConfig& faults) {
-  auto stub = v1::BankAdmin::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::BankAdmin::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ConfigureRequest req;

@@ -17,16 +17,26 @@ absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.
 
 std::string_view BankMethodName(BankMethod method) {
   switch (method) {
-    case BankMethod::kReserve: return "Reserve";
-    case BankMethod::kReleaseReserve: return "ReleaseReserve";
-    case BankMethod::kDebit: return "Debit";
-    case BankMethod::kRevertDebit: return "RevertDebit";
-    case BankMethod::kCredit: return "Credit";
-    case BankMethod::kRevertCredit: return "RevertCredit";
-    case BankMethod::kFee: return "Fee";
-    case BankMethod::kRevertFee: return "RevertFee";
-    case BankMethod::kConfirm: return "Confirm";
-    case BankMethod::kRevertConfirm: return "RevertConfirm";
+    case BankMethod::kReserve:
+      return "Reserve";
+    case BankMethod::kReleaseReserve:
+      return "ReleaseReserve";
+    case BankMethod::kDebit:
+      return "Debit";
+    case BankMethod::kRevertDebit:
+      return "RevertDebit";
+    case BankMethod::kCredit:
+      return "Credit";
+    case BankMethod::kRevertCredit:
+      return "RevertCredit";
+    case BankMethod::kFee:
+      return "Fee";
+    case BankMethod::kRevertFee:
+      return "RevertFee";
+    case BankMethod::kConfirm:
+      return "Confirm";
+    case BankMethod::kRevertConfirm:
+      return "RevertConfirm";
   }
   return "?";
 }
@@ -77,7 +87,8 @@ DeliveryPlan BankState::Plan(const CallMetadata& md, const bank::v1::MoveRequest
   plan.delivery = ++keys_[md.idempotency_key].deliveries;
   plan.before_decide =
       absl::Milliseconds(std::max(0, faults_.base_delay_ms()) + std::max(0, request.delay_ms()));
-  const uint64_t bits = Mix(faults_.seed(), md.idempotency_key, static_cast<uint64_t>(plan.delivery));
+  const uint64_t bits =
+      Mix(faults_.seed(), md.idempotency_key, static_cast<uint64_t>(plan.delivery));
   double u = Uniform01(bits);
   const absl::Duration hold = absl::Milliseconds(std::max(0, faults_.hold_ms()));
   if ((u -= faults_.unavailable()) < 0) {
@@ -92,7 +103,8 @@ DeliveryPlan BankState::Plan(const CallMetadata& md, const bank::v1::MoveRequest
   } else if ((u -= faults_.slow()) < 0) {
     plan.fault = "slow";
     const double v = Uniform01(Mix(bits, "slow", 1));
-    plan.after_decide = absl::Milliseconds(static_cast<int64_t>(v * std::max(0, faults_.slow_max_ms())));
+    plan.after_decide =
+        absl::Milliseconds(static_cast<int64_t>(v * std::max(0, faults_.slow_max_ms())));
   }
   if (request.hold_ms() > 0) {
     plan.fault = "scripted_hang";
@@ -207,12 +219,26 @@ absl::Status BankState::ApplyLocked(BankMethod method, const bank::v1::MoveReque
     const int64_t x = effect.amount;
     AccountState& a = accounts_[effect.account];
     switch (method) {
-      case BankMethod::kReleaseReserve: a.held -= x; break;
-      case BankMethod::kRevertDebit: a.balance += x; a.held += x; escrow_[t] -= x; break;
-      case BankMethod::kRevertCredit: a.balance -= x; escrow_[t] += x; break;
-      case BankMethod::kRevertFee: a.balance -= x; escrow_[t] += x; break;
-      case BankMethod::kRevertConfirm: break;
-      default: break;
+      case BankMethod::kReleaseReserve:
+        a.held -= x;
+        break;
+      case BankMethod::kRevertDebit:
+        a.balance += x;
+        a.held += x;
+        escrow_[t] -= x;
+        break;
+      case BankMethod::kRevertCredit:
+        a.balance -= x;
+        escrow_[t] += x;
+        break;
+      case BankMethod::kRevertFee:
+        a.balance -= x;
+        escrow_[t] += x;
+        break;
+      case BankMethod::kRevertConfirm:
+        break;
+      default:
+        break;
     }
     reply->set_moved(x);
     CheckLocked(effect.account, t);
@@ -221,8 +247,8 @@ absl::Status BankState::ApplyLocked(BankMethod method, const bank::v1::MoveReque
   if (effect.applied) {
     // The same (transfer, step) under a second key: apply again, so that the ledger shows it.
     if (anomalies_.size() < kMaxAnomalies) {
-      anomalies_.push_back(absl::StrCat("transfer ", t, " step ", request.step(),
-                                        " applied under a second key"));
+      anomalies_.push_back(
+          absl::StrCat("transfer ", t, " step ", request.step(), " applied under a second key"));
     }
   }
   const std::string account =
@@ -236,18 +262,31 @@ absl::Status BankState::ApplyLocked(BankMethod method, const bank::v1::MoveReque
   }
   AccountState& a = accounts_[method == BankMethod::kConfirm ? std::string(kFeeAccount) : account];
   switch (method) {
-    case BankMethod::kReserve: a.held += x; break;
-    case BankMethod::kDebit: a.balance -= x; a.held -= x; escrow_[t] += x; break;
-    case BankMethod::kCredit: a.balance += x; escrow_[t] -= x; break;
-    case BankMethod::kFee: a.balance += x; escrow_[t] -= x; break;
+    case BankMethod::kReserve:
+      a.held += x;
+      break;
+    case BankMethod::kDebit:
+      a.balance -= x;
+      a.held -= x;
+      escrow_[t] += x;
+      break;
+    case BankMethod::kCredit:
+      a.balance += x;
+      escrow_[t] -= x;
+      break;
+    case BankMethod::kFee:
+      a.balance += x;
+      escrow_[t] -= x;
+      break;
     case BankMethod::kConfirm:
-      if (auto it = escrow_.find(t); it != escrow_.end() && it->second != 0 &&
-                                     anomalies_.size() < kMaxAnomalies) {
-        anomalies_.push_back(absl::StrCat("transfer ", t, " confirmed with ", it->second,
-                                          " still in escrow"));
+      if (auto it = escrow_.find(t);
+          it != escrow_.end() && it->second != 0 && anomalies_.size() < kMaxAnomalies) {
+        anomalies_.push_back(
+            absl::StrCat("transfer ", t, " confirmed with ", it->second, " still in escrow"));
       }
       break;
-    default: break;
+    default:
+      break;
   }
   effect.applied = true;
   effect.account = method == BankMethod::kConfirm ? std::string(kFeeAccount) : account;
@@ -265,8 +304,8 @@ void BankState::CheckLocked(const std::string& account, const std::string& trans
                                       ") in transfer ", transfer));
   }
   if (auto it = escrow_.find(transfer); it != escrow_.end() && it->second < 0) {
-    anomalies_.push_back(absl::StrCat("escrow of transfer ", transfer, " went negative (",
-                                      it->second, ")"));
+    anomalies_.push_back(
+        absl::StrCat("escrow of transfer ", transfer, " went negative (", it->second, ")"));
   }
 }
 

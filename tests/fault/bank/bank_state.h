@@ -36,8 +36,16 @@
 namespace saga::fault {
 
 enum class BankMethod : int {
-  kReserve, kReleaseReserve, kDebit, kRevertDebit, kCredit, kRevertCredit,
-  kFee, kRevertFee, kConfirm, kRevertConfirm,
+  kReserve,
+  kReleaseReserve,
+  kDebit,
+  kRevertDebit,
+  kCredit,
+  kRevertCredit,
+  kFee,
+  kRevertFee,
+  kConfirm,
+  kRevertConfirm,
 };
 std::string_view BankMethodName(BankMethod method);
 bool IsCompensation(BankMethod method);

@@ -20,8 +20,7 @@ class BankStateTest : public ::testing::Test {
     CallMetadata md;
     md.saga_id = saga;
     md.step = step;
-    md.idempotency_key =
-        saga + "/" + step + (IsCompensation(method) ? "/compensation" : "/action");
+    md.idempotency_key = saga + "/" + step + (IsCompensation(method) ? "/compensation" : "/action");
     bank::v1::MoveRequest req;
     req.set_transfer_id(saga);
     req.set_step(step);
@@ -94,10 +93,11 @@ TEST_F(BankStateTest, ATransferAndItsReverseCompensationConserveMoney) {
   EXPECT_EQ(state_.Snapshot().total(), int64_t{2000});
   for (auto m : {BankMethod::kRevertConfirm, BankMethod::kRevertFee, BankMethod::kRevertCredit,
                  BankMethod::kRevertDebit, BankMethod::kReleaseReserve}) {
-    const char* step = m == BankMethod::kRevertConfirm ? "confirm"
-                       : m == BankMethod::kRevertFee   ? "fee"
+    const char* step = m == BankMethod::kRevertConfirm  ? "confirm"
+                       : m == BankMethod::kRevertFee    ? "fee"
                        : m == BankMethod::kRevertCredit ? "credit"
-                       : m == BankMethod::kRevertDebit ? "debit" : "reserve";
+                       : m == BankMethod::kRevertDebit  ? "debit"
+                                                        : "reserve";
     EXPECT_TRUE(Call(m, step, 0).status.ok());
   }
   acc = Accounts();

@@ -22,14 +22,26 @@ using nlohmann::json;
 
 // saga_events.type (orchestrator/engine/types.h; the numbers are stored and never renumbered).
 enum Ev : int {
-  kSagaStarted = 1, kStepStarted = 2, kStepSucceeded = 3, kStepRetryScheduled = 4,
-  kStepFailed = 5, kCompensationStarted = 6, kCompensationSucceeded = 7,
-  kCompensationRetryScheduled = 8, kCompensationFailed = 9, kAbortRequested = 10,
-  kRetryRequested = 11, kSagaCompleted = 12, kSagaCompensating = 13, kSagaCompensated = 14,
+  kSagaStarted = 1,
+  kStepStarted = 2,
+  kStepSucceeded = 3,
+  kStepRetryScheduled = 4,
+  kStepFailed = 5,
+  kCompensationStarted = 6,
+  kCompensationSucceeded = 7,
+  kCompensationRetryScheduled = 8,
+  kCompensationFailed = 9,
+  kAbortRequested = 10,
+  kRetryRequested = 11,
+  kSagaCompleted = 12,
+  kSagaCompensating = 13,
+  kSagaCompensated = 14,
   kSagaFailed = 15,
 };
 
-bool IsTerminalType(int t) { return t == kSagaCompleted || t == kSagaCompensated || t == kSagaFailed; }
+bool IsTerminalType(int t) {
+  return t == kSagaCompleted || t == kSagaCompensated || t == kSagaFailed;
+}
 
 constexpr size_t kMaxExamples = 20;
 
@@ -68,9 +80,7 @@ struct EventAudit {
   std::string owner;
 };
 
-const char* StepName(int i) {
-  return i >= 0 && i < kStepCount ? kSteps[i] : "?";
-}
+const char* StepName(int i) { return i >= 0 && i < kStepCount ? kSteps[i] : "?"; }
 
 int StepIndex(const std::string& name) {
   for (int i = 0; i < kStepCount; ++i) {
@@ -126,15 +136,16 @@ void CheckReport::AddFigure(const std::string& name, const std::string& value) {
 
 void CheckReport::AddNumber(const std::string& name, double value, int precision) {
   numbers[name] = value;
-  figures.emplace_back(name, precision == 0 ? absl::StrCat(static_cast<int64_t>(std::llround(value)))
-                                            : absl::StrFormat("%.*f", precision, value));
+  figures.emplace_back(name, precision == 0
+                                 ? absl::StrCat(static_cast<int64_t>(std::llround(value)))
+                                 : absl::StrFormat("%.*f", precision, value));
 }
 
 std::string FiguresTable(const std::vector<std::pair<std::string, std::string>>& figures) {
   size_t w = 6;
   for (const auto& [k, v] : figures) w = std::max(w, k.size());
-  std::string out = absl::StrCat("| ", std::string("figure"), std::string(w - 6, ' '), " | value |\n|",
-                                 std::string(w + 2, '-'), "|-------|\n");
+  std::string out = absl::StrCat("| ", std::string("figure"), std::string(w - 6, ' '),
+                                 " | value |\n|", std::string(w + 2, '-'), "|-------|\n");
   for (const auto& [k, v] : figures) {
     absl::StrAppend(&out, "| ", k, std::string(w - k.size(), ' '), " | ", v, " |\n");
   }
@@ -215,10 +226,10 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       s.created_us = row[7].as<int64_t>();
       sagas[s.id] = std::move(s);
     }
-    for (const auto& row : txn.exec(
-             "SELECT saga_id::text, seq, type, step, attempt, coalesce(detail::text, '{}'),"
-             " (extract(epoch FROM recorded_at) * 1000000)::bigint"
-             " FROM saga_events ORDER BY saga_id, seq")) {
+    for (const auto& row :
+         txn.exec("SELECT saga_id::text, seq, type, step, attempt, coalesce(detail::text, '{}'),"
+                  " (extract(epoch FROM recorded_at) * 1000000)::bigint"
+                  " FROM saga_events ORDER BY saga_id, seq")) {
       Event e;
       e.seq = row[1].as<int64_t>();
       e.type = row[2].as<int>();
@@ -235,19 +246,19 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     }
     have_audit = txn.exec1("SELECT to_regclass('fault_event_audit') IS NOT NULL")[0].as<bool>();
     if (have_audit) {
-      for (const auto& row : txn.exec(
-               "SELECT saga_id::text, fence, coalesce(owner, ''),"
-               " (extract(epoch FROM at) * 1000000)::bigint, writer FROM fault_owner_audit ORDER BY id")) {
-        owners[row[0].as<std::string>()].push_back(OwnerChange{
-            row[1].as<int64_t>(), row[2].as<std::string>(), row[3].as<int64_t>(),
-            row[4].as<std::string>()});
+      for (const auto& row : txn.exec("SELECT saga_id::text, fence, coalesce(owner, ''),"
+                                      " (extract(epoch FROM at) * 1000000)::bigint, writer FROM "
+                                      "fault_owner_audit ORDER BY id")) {
+        owners[row[0].as<std::string>()].push_back(
+            OwnerChange{row[1].as<int64_t>(), row[2].as<std::string>(), row[3].as<int64_t>(),
+                        row[4].as<std::string>()});
       }
-      for (const auto& row : txn.exec(
-               "SELECT saga_id::text, seq, writer, fence, coalesce(owner, '')"
-               " FROM fault_event_audit ORDER BY saga_id, seq")) {
-        event_audit[row[0].as<std::string>()].push_back(EventAudit{
-            row[1].as<int64_t>(), row[2].as<std::string>(), row[3].as<int64_t>(),
-            row[4].as<std::string>()});
+      for (const auto& row :
+           txn.exec("SELECT saga_id::text, seq, writer, fence, coalesce(owner, '')"
+                    " FROM fault_event_audit ORDER BY saga_id, seq")) {
+        event_audit[row[0].as<std::string>()].push_back(
+            EventAudit{row[1].as<int64_t>(), row[2].as<std::string>(), row[3].as<int64_t>(),
+                       row[4].as<std::string>()});
       }
     }
   } catch (const std::exception& e) {
@@ -283,8 +294,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
                                           "', expected '", expected_key, "'"));
       }
       if (e.saga_id() != e.body_transfer_id() || e.step() != e.body_step()) {
-        report.Violate("I4", absl::StrCat("call ", e.method(), " metadata names saga ",
-                                          e.saga_id(), " step ", e.step(), " but the request ",
+        report.Violate("I4", absl::StrCat("call ", e.method(), " metadata names saga ", e.saga_id(),
+                                          " step ", e.step(), " but the request ",
                                           e.body_transfer_id(), " step ", e.body_step()));
       }
       Calls& c = calls[{e.body_transfer_id(), StepIndex(e.body_step()), e.compensation()}];
@@ -346,8 +357,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       }
       auto it = by_key.find(a.key);
       if (it == by_key.end()) {
-        report.Violate("I1", absl::StrCat("acknowledged saga ", a.saga_id, " (key ", a.key,
-                                          ") has no row"));
+        report.Violate(
+            "I1", absl::StrCat("acknowledged saga ", a.saga_id, " (key ", a.key, ") has no row"));
       } else if (it->second.size() != 1) {
         report.Violate("I1", absl::StrCat("key ", a.key, " has ", it->second.size(), " sagas"));
       } else if (it->second[0]->id != a.saga_id) {
@@ -357,7 +368,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     }
   }
   for (const auto& [key, list] : by_key) {
-    if (list.size() > 1) report.Violate("I1", absl::StrCat("key ", key, " has ", list.size(), " sagas"));
+    if (list.size() > 1)
+      report.Violate("I1", absl::StrCat("key ", key, " has ", list.size(), " sagas"));
   }
 
   // --- per saga: I2, I3, I5, I7, I8 (structure) ---
@@ -376,12 +388,14 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     claims += s.fence - 1;
     const std::string plan = s.input.is_object() ? s.input.value("plan", "?") : "?";
     ++by_plan[plan];
-    const bool terminal = s.status == "COMPLETED" || s.status == "COMPENSATED" || s.status == "FAILED";
+    const bool terminal =
+        s.status == "COMPLETED" || s.status == "COMPENSATED" || s.status == "FAILED";
     if (!terminal) {
       report.Violate("I2", absl::StrCat("saga ", id, " is ", s.status));
       balances_exact = false;
     } else if (s.status == "FAILED" && !options.allow_failed) {
-      report.Violate("I2", absl::StrCat("saga ", id, " is FAILED (no failure was injected to "
+      report.Violate("I2", absl::StrCat("saga ", id,
+                                        " is FAILED (no failure was injected to "
                                         "exceed the compensation policy)"));
       balances_exact = false;
     }
@@ -399,15 +413,17 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       if (e.type == kSagaStarted) ++started_events;
     }
     if (s.events.empty() || s.events.front().type != kSagaStarted || started_events != 1) {
-      report.Violate("I3", absl::StrCat("saga ", id, ": history does not begin with one SAGA_STARTED"));
+      report.Violate("I3",
+                     absl::StrCat("saga ", id, ": history does not begin with one SAGA_STARTED"));
     }
     if (!s.events.empty() && s.events.back().seq != s.last_seq) {
       report.Violate("I3", absl::StrCat("saga ", id, ": last_seq ", s.last_seq,
                                         " but the history ends at ", s.events.back().seq));
     }
     if (terminal) {
-      const int want = s.status == "COMPLETED" ? kSagaCompleted
-                       : s.status == "COMPENSATED" ? kSagaCompensated : kSagaFailed;
+      const int want = s.status == "COMPLETED"     ? kSagaCompleted
+                       : s.status == "COMPENSATED" ? kSagaCompensated
+                                                   : kSagaFailed;
       if (terminal_events != 1 || s.events.empty() || s.events.back().type != want) {
         report.Violate("I3", absl::StrCat("saga ", id, " (", s.status, ") has ", terminal_events,
                                           " terminal events, the last event being type ",
@@ -425,16 +441,16 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       to_terminal.push_back(static_cast<double>(end - s.created_us) / 1e6);
       const int64_t from = std::max(heal_us, s.created_us);
       if (end > from + bound_us) {
-        report.Violate("I2", absl::StrCat("saga ", id, " ended ",
-                                          Secs(static_cast<double>(end - from) / 1e6),
-                                          " after the last fault healed (bound ",
-                                          absl::FormatDuration(options.terminal_bound), ")"));
+        report.Violate(
+            "I2", absl::StrCat("saga ", id, " ended ", Secs(static_cast<double>(end - from) / 1e6),
+                               " after the last fault healed (bound ",
+                               absl::FormatDuration(options.terminal_bound), ")"));
       }
     }
 
     // I8 (structure): attempts count up, each answered at most once, only the latest.
     struct StepTrack {
-      int started = 0;           // last forward attempt started
+      int started = 0;             // last forward attempt started
       std::map<int, int> answers;  // attempt -> answer outcomes (3, 4, 5)
       std::map<int, bool> retry_scheduled;
       bool succeeded = false;
@@ -460,12 +476,14 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
         continue;
       }
       StepTrack& t = st[static_cast<size_t>(e.step)];
-      const std::string where = absl::StrCat("saga ", id, " seq ", e.seq, " step ", StepName(e.step));
+      const std::string where =
+          absl::StrCat("saga ", id, " seq ", e.seq, " step ", StepName(e.step));
       switch (e.type) {
         case kStepStarted:
           if (e.attempt != t.started + 1 || t.settled) {
-            report.Violate("I8", absl::StrCat(where, ": attempt ", e.attempt, " started after attempt ",
-                                              t.started, t.settled ? " (step already settled)" : ""));
+            report.Violate("I8",
+                           absl::StrCat(where, ": attempt ", e.attempt, " started after attempt ",
+                                        t.started, t.settled ? " (step already settled)" : ""));
           }
           t.started = e.attempt;
           break;
@@ -504,7 +522,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
                                               " started after attempt ", t.comp_started));
           }
           if (t.comp_succeeded > 0) {
-            report.Violate("I5", absl::StrCat(where, ": compensation started again after it succeeded"));
+            report.Violate("I5",
+                           absl::StrCat(where, ": compensation started again after it succeeded"));
           }
           if (t.first_comp_start_seq == 0) t.first_comp_start_seq = e.seq;
           t.comp_started = e.attempt;
@@ -513,13 +532,13 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
         case kCompensationRetryScheduled:
         case kCompensationFailed:
           if (e.attempt != t.comp_started) {
-            report.Violate("I8", absl::StrCat(where, ": compensation outcome for attempt ",
-                                              e.attempt, " while attempt ", t.comp_started,
-                                              " is the latest"));
+            report.Violate("I8",
+                           absl::StrCat(where, ": compensation outcome for attempt ", e.attempt,
+                                        " while attempt ", t.comp_started, " is the latest"));
           }
           if (++t.comp_answers[e.attempt] > 1) {
-            report.Violate("I8", absl::StrCat(where, ": compensation attempt ", e.attempt,
-                                              " answered twice"));
+            report.Violate(
+                "I8", absl::StrCat(where, ": compensation attempt ", e.attempt, " answered twice"));
           }
           if (e.type == kCompensationSucceeded) {
             ++t.comp_succeeded;
@@ -537,28 +556,31 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       const Calls* act = CallsOf(id, i, false);
       const Calls* comp = CallsOf(id, i, true);
       const bool needs = t.succeeded || t.unknown;
-      const std::string where = absl::StrCat("saga ", id, " (", s.status, ", plan ", plan,
-                                             ") step ", StepName(i));
+      const std::string where =
+          absl::StrCat("saga ", id, " (", s.status, ", plan ", plan, ") step ", StepName(i));
       if (!needs && (t.first_comp_start_seq != 0 || (comp != nullptr && !comp->all.empty()))) {
         report.Violate("I5", absl::StrCat(where, ": compensated although it ",
                                           t.definite_failure ? "failed for good" : "never ran"));
       }
       if (act != nullptr && !act->applied.empty() && t.definite_failure) {
-        report.Violate("I5", absl::StrCat(where, ": its effect was applied but the step was "
+        report.Violate("I5", absl::StrCat(where,
+                                          ": its effect was applied but the step was "
                                           "recorded as a definite failure"));
       }
       if (act != nullptr && comp != nullptr && !act->applied.empty() && !comp->applied.empty() &&
           act->applied.front()->at_us() > comp->applied.front()->at_us()) {
-        report.Violate("I5", absl::StrCat(where, ": forward effect applied after its compensation"));
+        report.Violate("I5",
+                       absl::StrCat(where, ": forward effect applied after its compensation"));
       }
       if (comp != nullptr && !comp->applied.empty() && act != nullptr) {
-        const bool was_applied = !act->applied.empty() &&
-                                 act->applied.front()->at_us() < comp->applied.front()->at_us();
+        const bool was_applied =
+            !act->applied.empty() && act->applied.front()->at_us() < comp->applied.front()->at_us();
         if (comp->applied.front()->empty() == was_applied) {
-          report.Violate("I5", absl::StrCat(where, ": compensation ",
-                                            comp->applied.front()->empty() ? "found nothing" : "undid",
-                                            " although the action was ", was_applied ? "" : "not ",
-                                            "applied"));
+          report.Violate(
+              "I5",
+              absl::StrCat(where, ": compensation ",
+                           comp->applied.front()->empty() ? "found nothing" : "undid",
+                           " although the action was ", was_applied ? "" : "not ", "applied"));
         }
       }
       if (s.status == "COMPENSATED") {
@@ -579,26 +601,28 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
           const StepTrack& later = st[static_cast<size_t>(j)];
           if (!(later.succeeded || later.unknown)) continue;
           if (later.comp_success_seq == 0 || t.first_comp_start_seq < later.comp_success_seq) {
-            report.Violate("I5", absl::StrCat(where, ": compensation started (seq ",
-                                              t.first_comp_start_seq, ") before step ",
-                                              StepName(j), "'s compensation succeeded (seq ",
-                                              later.comp_success_seq, ")"));
+            report.Violate(
+                "I5", absl::StrCat(where, ": compensation started (seq ", t.first_comp_start_seq,
+                                   ") before step ", StepName(j), "'s compensation succeeded (seq ",
+                                   later.comp_success_seq, ")"));
           }
           const Calls* later_comp = CallsOf(id, j, true);
           if (comp != nullptr && later_comp != nullptr && !comp->applied.empty() &&
               !later_comp->applied.empty() &&
               comp->applied.front()->at_us() < later_comp->applied.front()->at_us()) {
-            report.Violate("I5", absl::StrCat(where, ": compensation applied at the participant "
-                                              "before step ", StepName(j), "'s"));
+            report.Violate("I5", absl::StrCat(where,
+                                              ": compensation applied at the participant "
+                                              "before step ",
+                                              StepName(j), "'s"));
           }
         }
       }
       if (s.status == "COMPLETED") {
         if (!t.succeeded) report.Violate("I7", absl::StrCat(where, ": no STEP_SUCCEEDED"));
         if (act == nullptr || act->applied.size() != 1) {
-          report.Violate("I7", absl::StrCat(where, ": effect applied ",
-                                            act == nullptr ? 0 : act->applied.size(),
-                                            " times, expected 1"));
+          report.Violate(
+              "I7", absl::StrCat(where, ": effect applied ",
+                                 act == nullptr ? 0 : act->applied.size(), " times, expected 1"));
         }
         if (t.first_comp_start_seq != 0 || (comp != nullptr && !comp->all.empty())) {
           report.Violate("I7", absl::StrCat(where, ": compensation called in a COMPLETED saga"));
@@ -628,13 +652,14 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       report.Violate("I6", absl::StrCat("transfer ", t, " left ", x, " in escrow"));
     }
     for (const auto& [name, bh] : balances) {
-      if (bh.second != 0) report.Violate("I6", absl::StrCat("account ", name, " left a hold of ", bh.second));
+      if (bh.second != 0)
+        report.Violate("I6", absl::StrCat("account ", name, " left a hold of ", bh.second));
       if (balances_exact) {
         const int64_t start = name == "fees" ? 0 : options.initial_balance;
         const int64_t want = start + expected_delta[name];
         if (bh.first != want) {
-          report.Violate("I6", absl::StrCat("account ", name, " has ", bh.first,
-                                            ", expected ", want, " from the COMPLETED transfers"));
+          report.Violate("I6", absl::StrCat("account ", name, " has ", bh.first, ", expected ",
+                                            want, " from the COMPLETED transfers"));
         }
       }
     }
@@ -686,14 +711,15 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
             const int64_t from = changes[k].at_us;
             const int64_t to = k + 1 < changes.size() ? changes[k + 1].at_us : INT64_MAX;
             if (from <= t) owner_at = changes[k].owner;
-            if (changes[k].owner == caller && from <= t + grace_us && to >= t - grace_us) owned = true;
+            if (changes[k].owner == caller && from <= t + grace_us && to >= t - grace_us)
+              owned = true;
           }
           if (!owned) {
             ++non_owner_calls;
             if (options.non_owner_calls_are_violations) {
-              report.Violate("I8", absl::StrCat("saga ", std::get<0>(key), ": ", e->method(),
-                                                " called by '", caller, "' while '", owner_at,
-                                                "' owned it"));
+              report.Violate(
+                  "I8", absl::StrCat("saga ", std::get<0>(key), ": ", e->method(), " called by '",
+                                     caller, "' while '", owner_at, "' owned it"));
             }
           }
         }
@@ -714,7 +740,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     size_t ti = 0;
     int open = 0;
     for (size_t i = 0; i + 1 < all_events.size(); ++i) {
-      while (ti < timeline.size() && timeline[ti].first <= all_events[i]) open += timeline[ti++].second;
+      while (ti < timeline.size() && timeline[ti].first <= all_events[i])
+        open += timeline[ti++].second;
       if (open > 0) longest_pause = std::max(longest_pause, all_events[i + 1] - all_events[i]);
     }
   }
@@ -728,7 +755,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
   std::vector<std::string> parts;
   for (const auto& [k, v] : by_status) parts.push_back(absl::StrCat(k, " ", v));
   report.AddFigure("by status", absl::StrJoin(parts, ", "));
-  for (const auto& [k, v] : by_status) report.numbers[absl::StrCat("status ", k)] = static_cast<double>(v);
+  for (const auto& [k, v] : by_status)
+    report.numbers[absl::StrCat("status ", k)] = static_cast<double>(v);
   parts.clear();
   for (const auto& [k, v] : by_plan) parts.push_back(absl::StrCat(k, " ", v));
   report.AddFigure("by scripted plan", absl::StrJoin(parts, ", "));
@@ -742,13 +770,14 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
   report.AddNumber("duplicates applied", static_cast<double>(duplicates_applied));
   parts.clear();
   for (const auto& [k, v] : faults) parts.push_back(absl::StrCat(k, " ", v));
-  report.AddFigure("faults injected at the participant", parts.empty() ? "none" : absl::StrJoin(parts, ", "));
+  report.AddFigure("faults injected at the participant",
+                   parts.empty() ? "none" : absl::StrJoin(parts, ", "));
   report.AddNumber("late actions refused (anti-hanging)", static_cast<double>(refused_late));
   report.AddNumber("empty compensations", static_cast<double>(empty_comps));
   std::vector<double> tt = to_terminal;
   if (tt.empty()) {
-    for (const char* f : {"time to terminal p50 (s)", "time to terminal p99 (s)",
-                          "time to terminal max (s)"}) {
+    for (const char* f :
+         {"time to terminal p50 (s)", "time to terminal p99 (s)", "time to terminal max (s)"}) {
       report.AddFigure(f, "n/a (no saga ended)");
     }
   } else {
@@ -765,7 +794,8 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     report.AddNumber("events written under a stale fence", static_cast<double>(stale_writes));
     if (!options.port_owner.empty()) {
       report.AddNumber("calls attributed to a replica", static_cast<double>(attributed_calls));
-      report.AddNumber("calls by a replica not owning the saga", static_cast<double>(non_owner_calls));
+      report.AddNumber("calls by a replica not owning the saga",
+                       static_cast<double>(non_owner_calls));
       report.AddNumber("calls with an unknown sender", static_cast<double>(unknown_callers));
     }
   } else {

@@ -43,8 +43,8 @@ absl::Status InstallAudit(const std::string& db_url);
 
 struct Ack {
   std::string key;
-  std::string saga_id;              // the first OK reply's id
-  std::set<std::string> ids_seen;   // all ids OK replies named
+  std::string saga_id;             // the first OK reply's id
+  std::set<std::string> ids_seen;  // all ids OK replies named
 };
 
 struct CheckOptions {

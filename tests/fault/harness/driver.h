@@ -39,12 +39,12 @@ struct DriverOptions {
 struct StartRecord {
   std::string key;
   std::string input_json;
-  std::string saga_id;        // from the first OK reply
+  std::string saga_id;  // from the first OK reply
   bool acked = false;
   bool terminal = false;
-  std::string status;         // as last polled
+  std::string status;  // as last polled
   int attempts = 0;
-  std::set<std::string> ids_seen;  // every id an OK reply named (I1: exactly one)
+  std::set<std::string> ids_seen;     // every id an OK reply named (I1: exactly one)
   std::map<std::string, int> errors;  // code name -> count
   absl::Time acked_at = absl::InfinitePast();
   absl::Time terminal_seen_at = absl::InfinitePast();
@@ -78,7 +78,7 @@ class Driver {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   size_t next_ = 0;
-  int open_ = 0;  // started (or starting) and not seen terminal
+  int open_ = 0;              // started (or starting) and not seen terminal
   std::set<size_t> pending_;  // acked, not terminal
   absl::Time first_start_ = absl::InfinitePast();
   int64_t issued_ = 0;

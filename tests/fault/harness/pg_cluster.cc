@@ -1,9 +1,5 @@
 #include "tests/fault/harness/pg_cluster.h"
 
-#include <pwd.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <fstream>
 #include <sstream>
 
@@ -11,6 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/fault/harness/util.h"
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace saga::fault {
 namespace {
@@ -38,8 +37,8 @@ absl::StatusOr<std::unique_ptr<PgCluster>> PgCluster::Create(std::vector<std::st
                                    "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"},
                                   absl::Seconds(120), /*as_postgres=*/true);
   if (init.exit_code != 0) {
-    return absl::UnavailableError(absl::StrCat("initdb failed (", init.exit_code, "): ",
-                                               init.output));
+    return absl::UnavailableError(
+        absl::StrCat("initdb failed (", init.exit_code, "): ", init.output));
   }
   {
     std::ofstream conf(c->data_ + "/postgresql.conf", std::ios::app);
@@ -74,32 +73,32 @@ PgCluster::~PgCluster() {
 }
 
 absl::Status PgCluster::Start() {
-  CommandResult r = RunCommand({bin_ + "/pg_ctl", "-D", data_, "-l", log_, "-w", "-t", "120",
-                                "start"},
-                               absl::Seconds(150), /*as_postgres=*/true);
+  CommandResult r =
+      RunCommand({bin_ + "/pg_ctl", "-D", data_, "-l", log_, "-w", "-t", "120", "start"},
+                 absl::Seconds(150), /*as_postgres=*/true);
   if (r.exit_code != 0) {
-    return absl::UnavailableError(absl::StrCat("pg_ctl start failed (", r.exit_code, "): ",
-                                               r.output, "\n", LogTail()));
+    return absl::UnavailableError(
+        absl::StrCat("pg_ctl start failed (", r.exit_code, "): ", r.output, "\n", LogTail()));
   }
   running_ = true;
   return absl::OkStatus();
 }
 
 absl::Status PgCluster::Stop(const std::string& mode) {
-  CommandResult r = RunCommand({bin_ + "/pg_ctl", "-D", data_, "-m", mode, "-w", "-t", "60",
-                                "stop"},
-                               absl::Seconds(90), /*as_postgres=*/true);
+  CommandResult r =
+      RunCommand({bin_ + "/pg_ctl", "-D", data_, "-m", mode, "-w", "-t", "60", "stop"},
+                 absl::Seconds(90), /*as_postgres=*/true);
   if (r.exit_code != 0) {
-    return absl::UnavailableError(absl::StrCat("pg_ctl stop failed (", r.exit_code, "): ",
-                                               r.output));
+    return absl::UnavailableError(
+        absl::StrCat("pg_ctl stop failed (", r.exit_code, "): ", r.output));
   }
   running_ = false;
   return absl::OkStatus();
 }
 
 std::string PgCluster::Url(const std::string& application_name) const {
-  return absl::StrCat("postgresql://postgres@127.0.0.1:", port_, "/sagas?application_name=",
-                      application_name);
+  return absl::StrCat("postgresql://postgres@127.0.0.1:", port_,
+                      "/sagas?application_name=", application_name);
 }
 
 std::string PgCluster::LogTail(size_t bytes) const {

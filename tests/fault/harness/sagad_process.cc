@@ -1,13 +1,5 @@
 #include "tests/fault/harness/sagad_process.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -20,6 +12,13 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "tests/fault/harness/util.h"
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace saga::fault {
 
@@ -51,11 +50,22 @@ std::string HealthOf(const std::string& address, absl::Duration deadline) {
   grpc::health::v1::HealthCheckResponse resp;
   grpc::Status s = stub->Check(&ctx, {}, &resp);
   if (!s.ok()) {
-    static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                   "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                   "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                   "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                   "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    static const char* kNames[] = {"OK",
+                                   "CANCELLED",
+                                   "UNKNOWN",
+                                   "INVALID_ARGUMENT",
+                                   "DEADLINE_EXCEEDED",
+                                   "NOT_FOUND",
+                                   "ALREADY_EXISTS",
+                                   "PERMISSION_DENIED",
+                                   "RESOURCE_EXHAUSTED",
+                                   "FAILED_PRECONDITION",
+                                   "ABORTED",
+                                   "OUT_OF_RANGE",
+                                   "UNIMPLEMENTED",
+                                   "INTERNAL",
+                                   "UNAVAILABLE",
+                                   "DATA_LOSS",
                                    "UNAUTHENTICATED"};
     const int code = static_cast<int>(s.error_code());
     return code >= 0 && code <= 16 ? kNames[code] : "ERROR";
@@ -72,16 +82,23 @@ absl::StatusOr<std::unique_ptr<SagadProcess>> SagadProcess::Spawn(const SagadOpt
   const SagadOptions& o = p->options_;
   std::vector<std::string> argv = {
       SagadBinary(),
-      "--listen", absl::StrCat("127.0.0.1:", o.port),
+      "--listen",
+      absl::StrCat("127.0.0.1:", o.port),
       "--database-url",
       absl::StrCat(o.database_url, absl::StrContains(o.database_url, "?") ? "&" : "?",
                    "application_name=", o.owner_id),
-      "--definitions", o.definitions_dir,
-      "--owner-id", o.owner_id,
-      "--lease", o.lease,
-      "--poll-interval", o.poll_interval,
-      "--drain-timeout", o.drain_timeout,
-      "--db-pool-size", absl::StrCat(o.db_pool_size)};
+      "--definitions",
+      o.definitions_dir,
+      "--owner-id",
+      o.owner_id,
+      "--lease",
+      o.lease,
+      "--poll-interval",
+      o.poll_interval,
+      "--drain-timeout",
+      o.drain_timeout,
+      "--db-pool-size",
+      absl::StrCat(o.db_pool_size)};
   for (const auto& dir : o.proto_path) {
     argv.push_back("--proto-path");
     argv.push_back(dir);
@@ -124,9 +141,9 @@ absl::StatusOr<std::unique_ptr<SagadProcess>> SagadProcess::Spawn(const SagadOpt
     if (HealthOf(p->address(), absl::Milliseconds(300)) == "SERVING") return p;
     absl::SleepFor(absl::Milliseconds(50));
   }
-  return absl::DeadlineExceededError(
-      absl::StrCat("sagad ", o.owner_id, " did not serve within ", absl::FormatDuration(ready_timeout),
-                   "; log ", o.log_path));
+  return absl::DeadlineExceededError(absl::StrCat("sagad ", o.owner_id, " did not serve within ",
+                                                  absl::FormatDuration(ready_timeout), "; log ",
+                                                  o.log_path));
 }
 
 SagadProcess::~SagadProcess() {

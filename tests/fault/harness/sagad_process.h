@@ -3,29 +3,28 @@
 // SIGCONT and SIGTERM it. SAGA_CRASHPOINT is set for the child only.
 #pragma once
 
-#include <sys/types.h>
-
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include <sys/types.h>
 
 namespace saga::fault {
 
 struct SagadOptions {
-  std::string owner_id;        // also the PostgreSQL application_name of its connections
-  int port = 0;                // 0: a free port
-  std::string database_url;    // without application_name (added from owner_id)
+  std::string owner_id;      // also the PostgreSQL application_name of its connections
+  int port = 0;              // 0: a free port
+  std::string database_url;  // without application_name (added from owner_id)
   std::string definitions_dir;
   std::vector<std::string> proto_path;
   std::string lease = "4s";
   std::string poll_interval = "200ms";
   std::string drain_timeout = "20s";
   int db_pool_size = 8;
-  std::string crashpoint;      // SAGA_CRASHPOINT of the child ("" none)
-  std::string log_path;        // appended to
+  std::string crashpoint;  // SAGA_CRASHPOINT of the child ("" none)
+  std::string log_path;    // appended to
   std::vector<std::string> extra_args;
 };
 

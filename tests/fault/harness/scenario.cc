@@ -1,10 +1,5 @@
 #include "tests/fault/harness/scenario.h"
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +10,10 @@
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "tests/fault/harness/util.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace saga::fault {
 namespace {
@@ -37,17 +36,25 @@ std::string ProtoDir() {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<BankProcess>> BankProcess::Spawn(
-    const bank::v1::FaultConfig& f, const std::string& log_path) {
+absl::StatusOr<std::unique_ptr<BankProcess>> BankProcess::Spawn(const bank::v1::FaultConfig& f,
+                                                                const std::string& log_path) {
   std::vector<std::string> argv = {BankBinary(),
-                                   "--seed", absl::StrCat(f.seed()),
-                                   "--unavailable", absl::StrCat(f.unavailable()),
-                                   "--drop-reply", absl::StrCat(f.drop_reply()),
-                                   "--late-apply", absl::StrCat(f.late_apply()),
-                                   "--slow", absl::StrCat(f.slow()),
-                                   "--hold-ms", absl::StrCat(f.hold_ms()),
-                                   "--slow-max-ms", absl::StrCat(f.slow_max_ms()),
-                                   "--base-delay-ms", absl::StrCat(f.base_delay_ms())};
+                                   "--seed",
+                                   absl::StrCat(f.seed()),
+                                   "--unavailable",
+                                   absl::StrCat(f.unavailable()),
+                                   "--drop-reply",
+                                   absl::StrCat(f.drop_reply()),
+                                   "--late-apply",
+                                   absl::StrCat(f.late_apply()),
+                                   "--slow",
+                                   absl::StrCat(f.slow()),
+                                   "--hold-ms",
+                                   absl::StrCat(f.hold_ms()),
+                                   "--slow-max-ms",
+                                   absl::StrCat(f.slow_max_ms()),
+                                   "--base-delay-ms",
+                                   absl::StrCat(f.base_delay_ms())};
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe");
   const pid_t pid = fork();

@@ -9,8 +9,6 @@
 // (append each scenario's figures as markdown).
 #pragma once
 
-#include <sys/types.h>
-
 #include <atomic>
 #include <map>
 #include <memory>
@@ -29,6 +27,7 @@
 #include "tests/fault/harness/pg_cluster.h"
 #include "tests/fault/harness/sagad_process.h"
 #include "tests/fault/harness/workload.h"
+#include <sys/types.h>
 
 namespace saga::fault {
 

@@ -1,15 +1,5 @@
 #include "tests/fault/harness/util.h"
 
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -21,6 +11,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace saga::fault {
 
@@ -68,8 +67,8 @@ int FreePort() {
 }
 
 absl::StatusOr<std::string> MakeTempDir(const std::string& prefix) {
-  std::string tmpl = absl::StrCat(
-      std::filesystem::temp_directory_path().string(), "/", prefix, "-XXXXXX");
+  std::string tmpl =
+      absl::StrCat(std::filesystem::temp_directory_path().string(), "/", prefix, "-XXXXXX");
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (mkdtemp(buf.data()) == nullptr) {
@@ -114,9 +113,11 @@ CommandResult RunCommand(const std::vector<std::string>& argv_in, absl::Duration
   char buf[4096];
   for (;;) {
     ssize_t n;
-    while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) result.output.append(buf, static_cast<size_t>(n));
+    while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
+      result.output.append(buf, static_cast<size_t>(n));
     if (waitpid(pid, &status, WNOHANG) == pid) {
-      while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) result.output.append(buf, static_cast<size_t>(n));
+      while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
+        result.output.append(buf, static_cast<size_t>(n));
       break;
     }
     if (absl::Now() > deadline) {

@@ -32,7 +32,7 @@ struct WorkloadOptions {
   double fail_share = 0.30;            // business failure at a random step (1..5)
   double comp_transient_share = 0.10;  // fail at step 2..5, compensations fail 1..3 times first
   int accounts = 20;
-  int delay_ms = 0;                    // per-call delay asked of the participant
+  int delay_ms = 0;  // per-call delay asked of the participant
   // Share of sagas whose action at a random step is held `hang_ms` at the participant (all its
   // deliveries): the step ends with an unknown outcome and is compensated; the held deliveries
   // then meet the anti-hanging rule.
@@ -46,9 +46,9 @@ struct WorkloadOptions {
 struct SagaSpec {
   std::string key;
   std::string input_json;
-  int fail_step = -1;          // index of the scripted business failure, -1 none
+  int fail_step = -1;  // index of the scripted business failure, -1 none
   bool comp_transient = false;
-  int hang_step = -1;          // index of the held action, -1 none
+  int hang_step = -1;  // index of the held action, -1 none
 };
 std::vector<SagaSpec> MakeWorkload(const WorkloadOptions& options);
 

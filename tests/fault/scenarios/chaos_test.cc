@@ -8,15 +8,14 @@
 //
 // The participant runs as a process of its own; PostgreSQL is the scenario's own cluster.
 // Sizes: SAGA_FAULT_CHAOS_{SAGAS,IN_FLIGHT,KILLS,CRASHPOINT_KILLS,KILL_MIN_S,KILL_MAX_S,LEASE}.
-#include <signal.h>
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <random>
 
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
+#include <signal.h>
+#include <sys/wait.h>
 
 namespace saga::fault {
 namespace {
@@ -38,9 +37,11 @@ TEST(FaultScenario, KillNineChaos) {
 
   // The fault plan, from the seed.
   std::mt19937_64 rng(Mix(scenario.seed(), "chaos-plan", 0));
-  std::vector<double> interval(static_cast<size_t>(kills)), restart_delay(static_cast<size_t>(kills));
+  std::vector<double> interval(static_cast<size_t>(kills)),
+      restart_delay(static_cast<size_t>(kills));
   for (int k = 0; k < kills; ++k) {
-    interval[static_cast<size_t>(k)] = std::uniform_real_distribution<double>(kill_min, kill_max)(rng);
+    interval[static_cast<size_t>(k)] =
+        std::uniform_real_distribution<double>(kill_min, kill_max)(rng);
     restart_delay[static_cast<size_t>(k)] = std::uniform_real_distribution<double>(0, 2)(rng);
   }
   std::vector<int> order(static_cast<size_t>(kills));
@@ -48,8 +49,8 @@ TEST(FaultScenario, KillNineChaos) {
   std::shuffle(order.begin(), order.end(), rng);
   std::map<int, std::string> armed;  // process index -> SAGA_CRASHPOINT
   for (int j = 0; j < crash_kills; ++j) {
-    armed[order[static_cast<size_t>(j)]] = absl::StrCat(
-        kCrashPoints[j % 3], ":", std::uniform_int_distribution<int>(5, 120)(rng));
+    armed[order[static_cast<size_t>(j)]] =
+        absl::StrCat(kCrashPoints[j % 3], ":", std::uniform_int_distribution<int>(5, 120)(rng));
   }
   const int pg_restart_at = kills / 2;  // after the restart that follows kill #pg_restart_at
   const double pg_down = std::uniform_real_distribution<double>(0, 5)(rng);
@@ -80,7 +81,10 @@ TEST(FaultScenario, KillNineChaos) {
   dopts.in_flight = in_flight;
   // Spread the starts over the kill schedule so that every kill meets sagas in flight.
   dopts.start_rate = sagas / std::max(1.0, 0.8 * planned);
-  Driver driver(dopts, MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "chaos", .hang_share = 0.04}));
+  Driver driver(
+      dopts,
+      MakeWorkload(
+          {.seed = scenario.seed(), .sagas = sagas, .key_prefix = "chaos", .hang_share = 0.04}));
   const absl::Time run_start = absl::Now();
   driver.Start();
 
@@ -131,8 +135,9 @@ TEST(FaultScenario, KillNineChaos) {
         pqxx::connection conn(scenario.DbUrl());
         pqxx::nontransaction txn(conn);
         backends_terminated = txn.exec1(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'chaos-%'")[0].as<int>();
+                                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                     " WHERE application_name LIKE 'chaos-%'")[0]
+                                  .as<int>();
         events.push_back(absl::StrCat("terminated ", backends_terminated, " backends"));
       } catch (const std::exception& e) {
         ADD_FAILURE() << "pg_terminate_backend: " << e.what();
@@ -169,8 +174,11 @@ TEST(FaultScenario, KillNineChaos) {
           absl::StrCat("chaos-", k + 1));
       const int64_t first_claim = row[0].as<int64_t>();
       if (first_claim > 0) {
-        worst_resume = std::max(
-            worst_resume, static_cast<double>(first_claim - absl::ToUnixMicros(kill_times[static_cast<size_t>(k)])) / 1e6);
+        worst_resume =
+            std::max(worst_resume,
+                     static_cast<double>(first_claim -
+                                         absl::ToUnixMicros(kill_times[static_cast<size_t>(k)])) /
+                         1e6);
       }
     }
   } catch (const std::exception& e) {

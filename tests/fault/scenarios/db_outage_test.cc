@@ -49,21 +49,26 @@ TEST(FaultScenario, DatabaseOutage) {
         continue;
       }
       try {
-        if (!conn) conn = std::make_unique<pqxx::connection>(scenario.db().Url("saga-fault-sampler"));
+        if (!conn)
+          conn = std::make_unique<pqxx::connection>(scenario.db().Url("saga-fault-sampler"));
         pqxx::nontransaction txn(*conn);
-        const int n = txn.exec1("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                                "'outage-1'")[0].as<int>();
+        const int n = txn.exec1(
+                             "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                             "'outage-1'")[0]
+                          .as<int>();
         int seen = max_connections.load();
-        while (n > seen && !max_connections.compare_exchange_weak(seen, n)) {}
+        while (n > seen && !max_connections.compare_exchange_weak(seen, n)) {
+        }
       } catch (const std::exception&) {
         conn.reset();
       }
     }
   });
 
-  Driver driver({.addresses = {proc->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
-                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "outage",
-                              .delay_ms = 500}));
+  Driver driver(
+      {.addresses = {proc->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
+      MakeWorkload(
+          {.seed = scenario.seed(), .sagas = sagas, .key_prefix = "outage", .delay_ms = 500}));
   driver.Start();
   ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(60)));
   absl::SleepFor(absl::Milliseconds(500));
@@ -90,7 +95,8 @@ TEST(FaultScenario, DatabaseOutage) {
         grpc::CreateChannel(proc->address(), grpc::InsecureChannelCredentials()));
     const std::vector<SagaSpec> probe_specs =
         MakeWorkload({.seed = scenario.seed(), .sagas = 100, .key_prefix = "outage-probe"});
-    for (size_t i = 0; i < probe_specs.size() && absl::Now() < t0 + outage - absl::Seconds(2); ++i) {
+    for (size_t i = 0; i < probe_specs.size() && absl::Now() < t0 + outage - absl::Seconds(2);
+         ++i) {
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(15)));
       saga::v1::StartSagaRequest req;
@@ -114,7 +120,8 @@ TEST(FaultScenario, DatabaseOutage) {
   health.join();
 
   // Progress: the first event recorded after the database came back.
-  absl::Duration progress_after = absl::InfiniteDuration(), serving_after = absl::InfiniteDuration();
+  absl::Duration progress_after = absl::InfiniteDuration(),
+                 serving_after = absl::InfiniteDuration();
   WaitUntil(
       [&] {
         if (serving_after == absl::InfiniteDuration() && proc->Health() == "SERVING") {
@@ -124,9 +131,12 @@ TEST(FaultScenario, DatabaseOutage) {
           pqxx::connection conn(scenario.db().Url("saga-fault-progress"));
           pqxx::nontransaction txn(conn);
           const int64_t n = txn.exec_params1(
-              "SELECT count(*) FROM saga_events WHERE recorded_at > to_timestamp($1::double precision / 1e6)",
-              absl::ToUnixMicros(t1))[0].as<int64_t>();
-          if (n > 0 && progress_after == absl::InfiniteDuration()) progress_after = absl::Now() - t1;
+                                   "SELECT count(*) FROM saga_events WHERE recorded_at > "
+                                   "to_timestamp($1::double precision / 1e6)",
+                                   absl::ToUnixMicros(t1))[0]
+                                .as<int64_t>();
+          if (n > 0 && progress_after == absl::InfiniteDuration())
+            progress_after = absl::Now() - t1;
         } catch (const std::exception&) {
         }
         return progress_after != absl::InfiniteDuration() &&
@@ -161,18 +171,19 @@ TEST(FaultScenario, DatabaseOutage) {
   const Figures figures = {
       {"sagas / in flight at the outage", absl::StrCat(sagas, " / ", in_flight_at_outage)},
       {"database down", Seconds(down)},
-      {"health NOT_SERVING after", not_serving_after == absl::InfiniteDuration()
-                                       ? "never" : Millis(not_serving_after)},
+      {"health NOT_SERVING after",
+       not_serving_after == absl::InfiniteDuration() ? "never" : Millis(not_serving_after)},
       {"StartSaga during the outage", absl::StrJoin(codes, ", ")},
       {"StartSaga latency during the outage p50 / max",
        absl::StrFormat("%.0f / %.0f ms", probe_p50, probe_max)},
-      {"sagad connections max (pool)", absl::StrCat(max_connections.load(), " (", pool, " + 1 LISTEN)")},
-      {"health SERVING after the return", serving_after == absl::InfiniteDuration()
-                                              ? "never" : Millis(serving_after)},
-      {"first progress after the return", progress_after == absl::InfiniteDuration()
-                                              ? "never" : Millis(progress_after)},
-      {"sagad RSS before / after", absl::StrFormat("%.1f / %.1f MiB", rss_before / 1024.0,
-                                                   rss_after / 1024.0)},
+      {"sagad connections max (pool)",
+       absl::StrCat(max_connections.load(), " (", pool, " + 1 LISTEN)")},
+      {"health SERVING after the return",
+       serving_after == absl::InfiniteDuration() ? "never" : Millis(serving_after)},
+      {"first progress after the return",
+       progress_after == absl::InfiniteDuration() ? "never" : Millis(progress_after)},
+      {"sagad RSS before / after",
+       absl::StrFormat("%.1f / %.1f MiB", rss_before / 1024.0, rss_after / 1024.0)},
       {"claim failures logged / 'works again' lines",
        absl::StrCat(claim_warnings, " / ", claim_recoveries)},
   };
@@ -216,9 +227,12 @@ TEST(FaultScenario, OutageLongerThanTheLease) {
   absl::StatusOr<SagadProcess*> sagad = scenario.Spawn(so);
   ASSERT_TRUE(sagad.ok()) << sagad.status();
   ASSERT_TRUE(scenario.InstallAudit().ok());
-  Driver driver({.addresses = {(*sagad)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
-                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "long-calls",
-                              .hold_first_step_ms = 20000}));
+  Driver driver(
+      {.addresses = {(*sagad)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
+      MakeWorkload({.seed = scenario.seed(),
+                    .sagas = sagas,
+                    .key_prefix = "long-calls",
+                    .hold_first_step_ms = 20000}));
   driver.Start();
   ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(30)));
   WaitUntil([&] { return scenario.BankInFlight() >= sagas; }, absl::Seconds(10));
@@ -235,9 +249,11 @@ TEST(FaultScenario, OutageLongerThanTheLease) {
   try {
     pqxx::connection conn(scenario.DbUrl());
     pqxx::nontransaction txn(conn);
-    leased_by_itself = txn.exec1(
-        "SELECT count(*) FROM sagas WHERE status = 'RUNNING' AND owner = 'long-calls-1'"
-        " AND lease_expires_at > now() AND fence > 1")[0].as<int64_t>();
+    leased_by_itself =
+        txn.exec1(
+               "SELECT count(*) FROM sagas WHERE status = 'RUNNING' AND owner = 'long-calls-1'"
+               " AND lease_expires_at > now() AND fence > 1")[0]
+            .as<int64_t>();
   } catch (const std::exception& e) {
     ADD_FAILURE() << e.what();
   }

@@ -4,14 +4,13 @@
 // released so that B claims every unfinished saga within 2 s of the release (measured on the
 // database clock, from the audit); a second SIGTERM makes a draining replica exit at once
 // (< 1 s); I1-I8 after B finished everything. Sizes: SAGA_FAULT_DRAIN_CALLS.
-#include <signal.h>
-#include <sys/wait.h>
-
 #include <pqxx/pqxx>
 
 #include "grpcpp/grpcpp.h"
 #include "saga/v1/orchestrator.grpc.pb.h"
 #include "tests/fault/scenarios/common.h"
+#include <signal.h>
+#include <sys/wait.h>
 
 namespace saga::fault {
 namespace {
@@ -37,9 +36,8 @@ TEST(FaultScenario, GracefulDrain) {
   absl::StatusOr<SagadProcess*> b = scenario.Spawn(ob);
   ASSERT_TRUE(b.ok()) << b.status();
 
-  std::vector<SagaSpec> specs =
-      MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "drain",
-                    .delay_ms = 2000});
+  std::vector<SagaSpec> specs = MakeWorkload(
+      {.seed = scenario.seed(), .sagas = sagas, .key_prefix = "drain", .delay_ms = 2000});
   Driver driver({.addresses = {(*a)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
                 specs);
   driver.Start();
@@ -68,8 +66,9 @@ TEST(FaultScenario, GracefulDrain) {
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     saga::v1::StartSagaRequest req;
     req.set_definition(kDefinitionName);
-    req.set_input_json(MakeWorkload({.seed = scenario.seed(), .sagas = 1,
-                                     .key_prefix = "drain-late"})[0].input_json);
+    req.set_input_json(
+        MakeWorkload({.seed = scenario.seed(), .sagas = 1, .key_prefix = "drain-late"})[0]
+            .input_json);
     req.set_idempotency_key("drain-late-start");
     saga::v1::StartSagaResponse resp;
     start_code = CodeName(static_cast<int>(stub->StartSaga(&ctx, req, &resp).error_code()));
@@ -90,7 +89,8 @@ TEST(FaultScenario, GracefulDrain) {
           "SELECT count(*), coalesce(max(extract(epoch FROM c.at - r.at)), -1)"
           " FROM fault_owner_audit r"
           " JOIN LATERAL (SELECT min(at) AS at FROM fault_owner_audit c"
-          "               WHERE c.saga_id = r.saga_id AND c.owner = 'drain-b' AND c.at >= r.at) c ON true"
+          "               WHERE c.saga_id = r.saga_id AND c.owner = 'drain-b' AND c.at >= r.at) c "
+          "ON true"
           " WHERE r.writer = 'drain-a' AND r.owner IS NULL"
           "   AND EXISTS (SELECT 1 FROM fault_owner_audit x WHERE x.saga_id = r.saga_id"
           "               AND x.owner = 'drain-b')");
@@ -107,9 +107,10 @@ TEST(FaultScenario, GracefulDrain) {
   oc.drain_timeout = "30s";
   absl::StatusOr<SagadProcess*> c = scenario.Spawn(oc);
   ASSERT_TRUE(c.ok()) << c.status();
-  Driver driver_c({.addresses = {(*c)->address()}, .db_url = scenario.DbUrl(), .in_flight = 20},
-                  MakeWorkload({.seed = scenario.seed(), .sagas = 20, .key_prefix = "drain-c",
-                                .delay_ms = 2000}));
+  Driver driver_c(
+      {.addresses = {(*c)->address()}, .db_url = scenario.DbUrl(), .in_flight = 20},
+      MakeWorkload(
+          {.seed = scenario.seed(), .sagas = 20, .key_prefix = "drain-c", .delay_ms = 2000}));
   driver_c.Start();
   ASSERT_TRUE(driver_c.WaitAllStarted(absl::Seconds(30)));
   WaitUntil([&] { return scenario.BankInFlight() >= 10; }, absl::Seconds(10));
@@ -188,7 +189,9 @@ TEST(FaultScenario, LongDrainKeepsItsLeases) {
   ASSERT_TRUE(b.ok()) << b.status();
 
   Driver driver({.addresses = {(*a)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
-                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "long",
+                MakeWorkload({.seed = scenario.seed(),
+                              .sagas = sagas,
+                              .key_prefix = "long",
                               .hold_first_step_ms = 4500}));
   driver.Start();
   ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(30)));
@@ -211,10 +214,13 @@ TEST(FaultScenario, LongDrainKeepsItsLeases) {
   try {
     pqxx::connection conn(scenario.DbUrl());
     pqxx::nontransaction txn(conn);
-    taken_while_held = txn.exec1(
-        "SELECT count(*) FROM fault_owner_audit c WHERE c.owner = 'long-b' AND"
-        " (SELECT p.owner FROM fault_owner_audit p WHERE p.saga_id = c.saga_id AND p.id < c.id"
-        "  ORDER BY p.id DESC LIMIT 1) = 'long-a'")[0].as<int64_t>();
+    taken_while_held =
+        txn.exec1(
+               "SELECT count(*) FROM fault_owner_audit c WHERE c.owner = 'long-b' AND"
+               " (SELECT p.owner FROM fault_owner_audit p WHERE p.saga_id = c.saga_id AND p.id < "
+               "c.id"
+               "  ORDER BY p.id DESC LIMIT 1) = 'long-a'")[0]
+            .as<int64_t>();
   } catch (const std::exception& e) {
     ADD_FAILURE() << e.what();
   }
@@ -259,7 +265,9 @@ TEST(FaultScenario, DrainTimeoutWithCallsInFlight) {
   ASSERT_TRUE(b.ok()) << b.status();
 
   Driver driver({.addresses = {(*a)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
-                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "dt",
+                MakeWorkload({.seed = scenario.seed(),
+                              .sagas = sagas,
+                              .key_prefix = "dt",
                               .hold_first_step_ms = 15000}));
   driver.Start();
   ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(30)));
@@ -269,7 +277,7 @@ TEST(FaultScenario, DrainTimeoutWithCallsInFlight) {
   int status = -1;
   const bool exited = (*a)->WaitExit(absl::Seconds(20), &status);
   const absl::Duration exit_after = absl::Now() - t0;
-  const std::string how = !exited ? "still running"
+  const std::string how = !exited             ? "still running"
                           : WIFEXITED(status) ? absl::StrCat("exit ", WEXITSTATUS(status))
                                               : absl::StrCat("signal ", WTERMSIG(status));
   EXPECT_TRUE(driver.WaitAllTerminal(absl::Seconds(90)));

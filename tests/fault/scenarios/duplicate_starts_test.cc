@@ -48,12 +48,13 @@ std::vector<Outcome> Burst(std::unique_ptr<saga::v1::SagaOrchestrator::Stub> (&s
   }
   for (size_t i = 0; i < calls.size(); ++i) {
     Call* c = calls[i].get();
-    stubs[(first + i) % 2]->async()->StartSaga(&c->ctx, &c->req, &c->resp, [&, c, i](grpc::Status s) {
-      std::lock_guard<std::mutex> lock(mu);
-      out[i] = {s.error_code(), c->resp.saga_id(), c->resp.created()};
-      ++done;
-      cv.notify_all();
-    });
+    stubs[(first + i) % 2]->async()->StartSaga(
+        &c->ctx, &c->req, &c->resp, [&, c, i](grpc::Status s) {
+          std::lock_guard<std::mutex> lock(mu);
+          out[i] = {s.error_code(), c->resp.saga_id(), c->resp.created()};
+          ++done;
+          cv.notify_all();
+        });
   }
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return done == calls.size(); });
@@ -66,7 +67,8 @@ TEST(FaultScenario, DuplicateStarts) {
   const int keys = static_cast<int>(EnvInt("SAGA_FAULT_DUP_KEYS", quick ? 40 : 200));
   const int callers = static_cast<int>(EnvInt("SAGA_FAULT_DUP_CALLERS", quick ? 10 : 20));
   const int changed = static_cast<int>(EnvInt("SAGA_FAULT_DUP_CHANGED", quick ? 10 : 50));
-  const int deadline_keys = static_cast<int>(EnvInt("SAGA_FAULT_DUP_DEADLINE_KEYS", quick ? 10 : 50));
+  const int deadline_keys =
+      static_cast<int>(EnvInt("SAGA_FAULT_DUP_DEADLINE_KEYS", quick ? 10 : 50));
   ASSERT_TRUE(scenario.StartDatabase().ok());
   bank::v1::FaultConfig faults;
   faults.set_seed(scenario.seed());
@@ -102,10 +104,11 @@ TEST(FaultScenario, DuplicateStarts) {
         r.set_input_json(specs[static_cast<size_t>(k)].input_json);
         r.set_idempotency_key(specs[static_cast<size_t>(k)].key);
         reqs.push_back(r);
-        deadlines.push_back(short_deadline
-                                ? absl::Milliseconds(1 + Mix(scenario.seed(), "deadline",
-                                                             static_cast<uint64_t>(k * callers + c)) % 30)
-                                : absl::Seconds(10));
+        deadlines.push_back(
+            short_deadline ? absl::Milliseconds(1 + Mix(scenario.seed(), "deadline",
+                                                        static_cast<uint64_t>(k * callers + c)) %
+                                                        30)
+                           : absl::Seconds(10));
         key_of.push_back(k);
       }
     }
@@ -132,8 +135,8 @@ TEST(FaultScenario, DuplicateStarts) {
     r.set_definition(kDefinitionName);
     r.set_input_json(input.dump());
     r.set_idempotency_key(specs[static_cast<size_t>(k)].key);
-    std::vector<Outcome> out = Burst(stubs, {r, r, r}, {absl::Seconds(10), absl::Seconds(10),
-                                                        absl::Seconds(10)});
+    std::vector<Outcome> out =
+        Burst(stubs, {r, r, r}, {absl::Seconds(10), absl::Seconds(10), absl::Seconds(10)});
     for (const auto& o : out) {
       ++changed_calls;
       if (o.code == grpc::StatusCode::ALREADY_EXISTS) ++already_exists;
@@ -185,8 +188,10 @@ TEST(FaultScenario, DuplicateStarts) {
         try {
           pqxx::connection conn(scenario.DbUrl());
           pqxx::nontransaction txn(conn);
-          return txn.exec1("SELECT count(*) FROM sagas WHERE status NOT IN ('COMPLETED', "
-                           "'COMPENSATED', 'FAILED')")[0].as<int64_t>() == 0;
+          return txn.exec1(
+                        "SELECT count(*) FROM sagas WHERE status NOT IN ('COMPLETED', "
+                        "'COMPENSATED', 'FAILED')")[0]
+                     .as<int64_t>() == 0;
         } catch (const std::exception&) {
           return false;
         }

@@ -1,11 +1,10 @@
 // Fault-free baseline: the invariants must hold when nothing breaks (Jepsen found anomalies on
 // healthy nodes). One replica, the bank workload with scripted business failures and
 // transient compensation failures, no injected faults.
-#include <signal.h>
-
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
+#include <signal.h>
 
 namespace saga::fault {
 namespace {
@@ -64,9 +63,10 @@ TEST(FaultScenario, FaultFree) {
       (row[1].as<std::string>() == "COMPLETED" ? completed : compensated)
           .push_back(row[0].as<std::string>());
     }
-    compensated_with_undo = txn.exec1(
-        "SELECT saga_id::text FROM saga_events WHERE type = 7 ORDER BY saga_id LIMIT 1")[0]
-        .as<std::string>();
+    compensated_with_undo =
+        txn.exec1(
+               "SELECT saga_id::text FROM saga_events WHERE type = 7 ORDER BY saga_id LIMIT 1")[0]
+            .as<std::string>();
     ASSERT_GE(completed.size(), 4u);
     // I2: a saga that never ends.
     txn.exec("UPDATE sagas SET status = 'RUNNING' WHERE id = '" + completed[0] + "'");
@@ -114,7 +114,8 @@ TEST(FaultScenario, FaultFree) {
   bad.banks = {tampered};
   bad.have_acks = true;
   for (const auto& r : driver.Records()) bad.acks.push_back(Ack{r.key, r.saga_id, r.ids_seen});
-  bad.acks.push_back(Ack{"free-never-started", "00000000-0000-4000-8000-000000000000",
+  bad.acks.push_back(Ack{"free-never-started",
+                         "00000000-0000-4000-8000-000000000000",
                          {"00000000-0000-4000-8000-000000000000"}});  // I1
   absl::StatusOr<CheckReport> caught = CheckRun(bad);
   ASSERT_TRUE(caught.ok()) << caught.status();

@@ -5,11 +5,10 @@
 // every participant call made by the replica that owned the saga at that instant (callers are
 // identified by their TCP ports) - nothing is lost and the survivors finish the dead replica's
 // sagas; I1-I8. Sizes: SAGA_FAULT_SCALE_{SAGAS,IN_FLIGHT,LEASE}.
-#include <signal.h>
-
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
+#include <signal.h>
 
 namespace saga::fault {
 namespace {
@@ -37,7 +36,10 @@ TEST(FaultScenario, ScaleOut) {
   for (auto* r : replicas) dopts.addresses.push_back(r->address());
   dopts.db_url = scenario.DbUrl();
   dopts.in_flight = in_flight;
-  Driver driver(dopts, MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "scale", .hang_share = 0.04}));
+  Driver driver(
+      dopts,
+      MakeWorkload(
+          {.seed = scenario.seed(), .sagas = sagas, .key_prefix = "scale", .hang_share = 0.04}));
   const absl::Time start = absl::Now();
   driver.Start();
   WaitUntil([&] { return driver.acked() >= sagas * 4 / 10; }, absl::Seconds(300));

@@ -5,11 +5,10 @@
 // the audit). Pass: takeover bound, I1-I8 (the issue names I4 and I8).
 // Participant calls A sends after losing the sagas are counted, not failed: delivery is at
 // least once and only writes are fenced. Sizes: SAGA_FAULT_ZOMBIE_{SAGAS,LEASE_S}.
-#include <signal.h>
-
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
+#include <signal.h>
 
 namespace saga::fault {
 namespace {
@@ -34,9 +33,10 @@ TEST(FaultScenario, ZombieReplica) {
   ASSERT_TRUE(b.ok()) << b.status();
 
   // All sagas start on A (B only claims sagas whose lease expired).
-  Driver driver({.addresses = {(*a)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
-                MakeWorkload({.seed = scenario.seed(), .sagas = sagas, .key_prefix = "zombie",
-                              .delay_ms = 1500}));
+  Driver driver(
+      {.addresses = {(*a)->address()}, .db_url = scenario.DbUrl(), .in_flight = sagas},
+      MakeWorkload(
+          {.seed = scenario.seed(), .sagas = sagas, .key_prefix = "zombie", .delay_ms = 1500}));
   driver.Start();
   ASSERT_TRUE(driver.WaitAllStarted(absl::Seconds(30)));
   // Mid-step: every saga has a call held at the participant.
@@ -53,8 +53,8 @@ TEST(FaultScenario, ZombieReplica) {
       return int64_t{-1};
     }
   };
-  const int64_t owned_by_a = count(
-      "SELECT count(*) FROM sagas WHERE owner = 'zombie-a' AND status = 'RUNNING'");
+  const int64_t owned_by_a =
+      count("SELECT count(*) FROM sagas WHERE owner = 'zombie-a' AND status = 'RUNNING'");
 
   const absl::Time t0 = absl::Now();
   (*a)->Signal(SIGSTOP);
@@ -81,10 +81,12 @@ TEST(FaultScenario, ZombieReplica) {
   driver.Stop();
   const int fenced = (*a)->CountLogLines("is stale", log_from);
   const int lease_lost = (*a)->CountLogLines("lease lost", log_from);
-  const int64_t accepted_after = count(absl::StrCat(
-      "SELECT count(*) FROM fault_event_audit WHERE writer = 'zombie-a' AND at >= "
-      "to_timestamp(", absl::ToUnixMicros(t2), "::double precision / 1e6)"));
-  const int64_t taken = count("SELECT count(DISTINCT saga_id) FROM fault_owner_audit WHERE owner = 'zombie-b'");
+  const int64_t accepted_after = count(
+      absl::StrCat("SELECT count(*) FROM fault_event_audit WHERE writer = 'zombie-a' AND at >= "
+                   "to_timestamp(",
+                   absl::ToUnixMicros(t2), "::double precision / 1e6)"));
+  const int64_t taken =
+      count("SELECT count(DISTINCT saga_id) FROM fault_owner_audit WHERE owner = 'zombie-b'");
   // sagad's own counters, when it exports metrics.
   const absl::StatusOr<double> fenced_metric = (*a)->Metric("saga_fenced_writes_total");
   const absl::StatusOr<double> takeovers_metric = (*b)->Metric("saga_lease_takeovers_total");
@@ -104,7 +106,8 @@ TEST(FaultScenario, ZombieReplica) {
       {"sagas on A / RUNNING and owned by A at SIGSTOP", absl::StrCat(sagas, " / ", owned_by_a)},
       {"calls held at the participant at SIGSTOP", absl::StrCat(calls_in_flight)},
       {"lease / SIGSTOP", absl::StrCat(lease_s, " s / ", 2 * lease_s, " s")},
-      {"takeover by B after SIGSTOP", takeover == absl::InfiniteDuration() ? "never" : Seconds(takeover)},
+      {"takeover by B after SIGSTOP",
+       takeover == absl::InfiniteDuration() ? "never" : Seconds(takeover)},
       {"sagas B took", absl::StrCat(taken)},
       {"zombie writes rejected by the fence (A's log)", absl::StrCat(fenced)},
       {"A's saga_fenced_writes_total", shown(fenced_metric)},
