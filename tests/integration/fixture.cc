@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "tests/support/net.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -24,23 +25,6 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-int FreePort() {
-  // Let the kernel pick: bind port 0, read it back, release it.
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
 }
 
 }  // namespace
@@ -82,7 +66,7 @@ void SagaTest::SetUp() {
   shop_ = *std::move(shop);
   proto_dir_ = std::string(SAGA_SOURCE_DIR) + "/examples/participants/proto";
   defs_dir_ = (std::filesystem::temp_directory_path() /
-               absl::StrCat("saga-defs-", getpid(), "-", FreePort()))
+               absl::StrCat("saga-defs-", getpid(), "-", FreeLoopbackPort()))
                   .string();
   std::filesystem::create_directories(defs_dir_);
   std::string base = ReadFile(std::string(SAGA_SOURCE_DIR) + "/saga-defs/order-fulfillment.yaml");
@@ -128,7 +112,7 @@ void SagaTest::ConnectTo(const std::string& address) {
 }
 
 pid_t SagaTest::SpawnSagad(const std::string& owner_id) {
-  if (child_port_ == 0) child_port_ = FreePort();
+  if (child_port_ == 0) child_port_ = FreeLoopbackPort();
   const std::string listen = absl::StrCat("localhost:", child_port_);
   pid_t pid = fork();
   if (pid == 0) {

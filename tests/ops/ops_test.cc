@@ -232,18 +232,12 @@ TEST_F(OpsTest, MetricsCountWhatHappened) {
 }
 
 TEST_F(OpsTest, ATakenMetricsAddressFailsStartUnlessOptional) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(fd, 1), 0);
-  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const ListeningLoopbackSocket taken;
+  ASSERT_NE(taken.port(), 0);
   server::Config config;
   config.listen = "127.0.0.1:0";
   config.database_url = db_->url();
-  config.metrics_listen = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  config.metrics_listen = absl::StrCat("127.0.0.1:", taken.port());
   auto failed = server::Server::Start(config);
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kUnavailable) << failed.status();
   config.metrics_optional = true;
@@ -251,7 +245,6 @@ TEST_F(OpsTest, ATakenMetricsAddressFailsStartUnlessOptional) {
   ASSERT_TRUE(started.ok()) << started.status();
   EXPECT_EQ((*started)->metrics_port(), 0);
   (*started)->Shutdown(absl::ZeroDuration());
-  close(fd);
 }
 
 TEST_F(OpsTest, TraceContextReachesParticipantsAndSurvivesRestart) {

@@ -11,12 +11,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tests/support/net.h"  // FreeLoopbackPort, ListeningLoopbackSocket
 #include <sys/types.h>
 
 namespace saga::testing {
-
-// A free TCP port on 127.0.0.1 (bound, read back, released).
-int FreeLoopbackPort();
 
 // A child sagad (SAGAD_PATH) with stdout and stderr appended to `log_path`.
 class SagadProcess {

@@ -57,19 +57,12 @@ TEST(SagadCliTest, InvalidValuesExit2WithOneLine) {
 }
 
 TEST(SagadCliTest, TakenMetricsPortFailsStartup) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(fd, 1), 0);
-  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  const int port = ntohs(addr.sin_port);
+  const ListeningLoopbackSocket taken;
+  ASSERT_NE(taken.port(), 0);
+  const int port = taken.port();
   RunResult r = RunSagad({"--metrics-listen", absl::StrCat("127.0.0.1:", port), "--listen",
                           absl::StrCat("127.0.0.1:", FreeLoopbackPort()), "--database-url",
                           "host=/nonexistent", "--log-format", "text"});
-  close(fd);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(r.err, "cannot listen for metrics")) << r.err;
 }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/fault/harness/util.h"
+#include "tests/support/net.h"
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,7 +33,7 @@ absl::StatusOr<std::unique_ptr<PgCluster>> PgCluster::Create(std::vector<std::st
   c->data_ = c->dir_ + "/data";
   c->log_ = c->dir_ + "/postgres.log";
   ChownToPostgres(c->dir_);
-  c->port_ = FreePort();
+  c->port_ = testing::FreeLoopbackPort();
   CommandResult init = RunCommand({c->bin_ + "/initdb", "-D", c->data_, "-U", "postgres",
                                    "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"},
                                   absl::Seconds(120), /*as_postgres=*/true);

@@ -12,6 +12,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "tests/fault/harness/util.h"
+#include "tests/support/net.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -78,7 +79,7 @@ absl::StatusOr<std::unique_ptr<SagadProcess>> SagadProcess::Spawn(const SagadOpt
                                                                   absl::Duration ready_timeout) {
   std::unique_ptr<SagadProcess> p(new SagadProcess());
   p->options_ = options;
-  if (p->options_.port == 0) p->options_.port = FreePort();
+  if (p->options_.port == 0) p->options_.port = testing::FreeLoopbackPort();
   const SagadOptions& o = p->options_;
   std::vector<std::string> argv = {
       SagadBinary(),
@@ -105,7 +106,7 @@ absl::StatusOr<std::unique_ptr<SagadProcess>> SagadProcess::Spawn(const SagadOpt
   }
   if (SagadHasFlag("--metrics-listen")) {
     // Loopback only, and a port of its own (the default 0.0.0.0:9090 would be shared).
-    p->metrics_port_ = FreePort();
+    p->metrics_port_ = testing::FreeLoopbackPort();
     argv.push_back("--metrics-listen");
     argv.push_back(absl::StrCat("127.0.0.1:", p->metrics_port_));
   }

@@ -51,21 +51,6 @@ uint64_t ScenarioSeed() {
   return static_cast<uint64_t>(absl::ToUnixMicros(absl::Now())) % 1000000007ULL;
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 absl::StatusOr<std::string> MakeTempDir(const std::string& prefix) {
   std::string tmpl =
       absl::StrCat(std::filesystem::temp_directory_path().string(), "/", prefix, "-XXXXXX");

@@ -24,7 +24,6 @@ bool QuickMode();
 // SAGA_FAULT_SEED, else a seed derived from the time (printed by every scenario).
 uint64_t ScenarioSeed();
 
-int FreePort();
 // A fresh directory under $TMPDIR (or /tmp), mode 0755.
 absl::StatusOr<std::string> MakeTempDir(const std::string& prefix);
 void RemoveTree(const std::string& path);

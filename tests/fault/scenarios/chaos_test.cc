@@ -14,6 +14,7 @@
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
+#include "tests/support/net.h"
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -63,7 +64,7 @@ TEST(FaultScenario, KillNineChaos) {
   faults.set_base_delay_ms(20);
   ASSERT_TRUE(scenario.StartBank(faults, /*as_process=*/true).ok());
 
-  const int port = FreePort();
+  const int port = testing::FreeLoopbackPort();
   auto options_for = [&](int index) {
     SagadOptions o = scenario.SagadDefaults(absl::StrCat("chaos-", index));
     o.port = port;
