@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/status.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -32,26 +33,9 @@ struct Globals {
 }
 
 [[noreturn]] void DieRpc(const grpc::Status& s) {
-  static const char* kNames[] = {"OK",
-                                 "CANCELLED",
-                                 "UNKNOWN",
-                                 "INVALID_ARGUMENT",
-                                 "DEADLINE_EXCEEDED",
-                                 "NOT_FOUND",
-                                 "ALREADY_EXISTS",
-                                 "PERMISSION_DENIED",
-                                 "RESOURCE_EXHAUSTED",
-                                 "FAILED_PRECONDITION",
-                                 "ABORTED",
-                                 "OUT_OF_RANGE",
-                                 "UNIMPLEMENTED",
-                                 "INTERNAL",
-                                 "UNAVAILABLE",
-                                 "DATA_LOSS",
-                                 "UNAUTHENTICATED"};
   const int code = static_cast<int>(s.error_code());
-  std::cerr << "sagactl: " << (code >= 0 && code <= 16 ? kNames[code] : "ERROR") << ": "
-            << s.error_message() << "\n";
+  const std::string name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  std::cerr << "sagactl: " << (name.empty() ? "ERROR" : name) << ": " << s.error_message() << "\n";
   std::exit(code == 5 ? 3 : 1);
 }
 

@@ -91,6 +91,6 @@ class Driver {
 };
 
 // A code name for a grpc status code number ("UNAVAILABLE").
-const char* CodeName(int code);
+std::string CodeName(int code);
 
 }  // namespace saga::fault

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -51,25 +52,9 @@ std::string HealthOf(const std::string& address, absl::Duration deadline) {
   grpc::health::v1::HealthCheckResponse resp;
   grpc::Status s = stub->Check(&ctx, {}, &resp);
   if (!s.ok()) {
-    static const char* kNames[] = {"OK",
-                                   "CANCELLED",
-                                   "UNKNOWN",
-                                   "INVALID_ARGUMENT",
-                                   "DEADLINE_EXCEEDED",
-                                   "NOT_FOUND",
-                                   "ALREADY_EXISTS",
-                                   "PERMISSION_DENIED",
-                                   "RESOURCE_EXHAUSTED",
-                                   "FAILED_PRECONDITION",
-                                   "ABORTED",
-                                   "OUT_OF_RANGE",
-                                   "UNIMPLEMENTED",
-                                   "INTERNAL",
-                                   "UNAVAILABLE",
-                                   "DATA_LOSS",
-                                   "UNAUTHENTICATED"};
-    const int code = static_cast<int>(s.error_code());
-    return code >= 0 && code <= 16 ? kNames[code] : "ERROR";
+    const std::string name =
+        absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code()));
+    return name.empty() ? "ERROR" : name;
   }
   return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? "SERVING"
                                                                          : "NOT_SERVING";
