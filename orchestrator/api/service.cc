@@ -131,6 +131,18 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+absl::Status StartFailure(const absl::Status& status, bool has_idempotency_key) {
+  if (status.code() != absl::StatusCode::kUnknown) return status;
+  if (has_idempotency_key) {
+    return absl::UnavailableError(absl::StrCat(
+        "the start may or may not have been recorded (", status.message(),
+        "); retry with the same idempotency_key: it returns the saga if it was recorded"));
+  }
+  return absl::UnknownError(
+      absl::StrCat("the start may or may not have been recorded (", status.message(),
+                   "); starts without an idempotency_key cannot be retried safely"));
+}
+
 absl::Status ValidateSagaId(const std::string& id) {
   bool ok = id.size() == 36;
   for (size_t i = 0; ok && i < id.size(); ++i) {
@@ -455,18 +467,21 @@ void SagaService::Start(runtime::DefinitionPtr def, nlohmann::json input,
     start.traceparent = absl::StrCat("00-", hex, "-", hex.substr(0, 16), "-01");
   }
   const bool wait = request->wait();
-  runtime_->StartSaga(
-      std::move(start), [this, reactor, response, wait](absl::StatusOr<store::StartResult> result) {
-        if (result.ok()) {
-          response->set_saga_id(result->saga_id);
-          response->set_created(result->created);
-        }
-        if (!result.ok() || !wait) {
-          reactor->Finish(ToGrpcStatus(result.status()));
-          return;
-        }
-        AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
-      });
+  const bool has_key = !start.idempotency_key.empty();
+  runtime_->StartSaga(std::move(start), [this, reactor, response, wait,
+                                         has_key](absl::StatusOr<store::StartResult> result) {
+    if (!result.ok()) {
+      reactor->Finish(ToGrpcStatus(StartFailure(result.status(), has_key)));
+      return;
+    }
+    response->set_saga_id(result->saga_id);
+    response->set_created(result->created);
+    if (!wait) {
+      reactor->Finish(grpc::Status::OK);
+      return;
+    }
+    AwaitEnd(result->saga_id, /*check_store=*/!result->created, reactor, response);
+  });
 }
 
 // Answers `reactor` once the saga's terminal event is recorded. The subscription comes first,

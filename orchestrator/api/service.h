@@ -37,6 +37,12 @@ absl::Status ValidateTraceparent(const std::string& traceparent);
 // Parses a saga input: a JSON object within the limits, without NUL characters.
 absl::StatusOr<nlohmann::json> ParseInput(const std::string& text);
 
+// The status StartSaga answers when recording the start failed with `status`. A start whose
+// outcome is unknown (the database connection broke while it committed) is UNAVAILABLE when it
+// has an idempotency key, since retrying with the key is safe and returns the saga if it was
+// recorded; without a key a retry could start a second saga, so it stays UNKNOWN.
+absl::Status StartFailure(const absl::Status& status, bool has_idempotency_key);
+
 // Fans committed events out to WatchSaga streams; polls the store for events that other
 // replicas record.
 class EventHub {
