@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "orchestrator/common/crash_point.h"
+#include "orchestrator/common/failure_log.h"
 #include "orchestrator/common/logging.h"  // ops
 #include "spdlog/spdlog.h"
 
@@ -512,13 +513,13 @@ void Runtime::TimerLoop() {
   }
 }
 
+// Repeated failures of the claim and lease loops (a database outage) are logged at most once
+// per interval, with a count.
+constexpr absl::Duration kFailureLogInterval = absl::Seconds(30);
+
 void Runtime::ClaimLoop() {
-  // While the database is down every poll fails: log the first failure, then one line every
-  // kClaimWarningInterval with the count, and once more when claiming works again.
-  constexpr absl::Duration kClaimWarningInterval = absl::Seconds(30);
-  int64_t claim_failures = 0;
-  int64_t unlogged_failures = 0;
-  absl::Time last_warning = absl::InfinitePast();
+  // While the database is down every poll fails: a few lines, not one per poll.
+  common::FailureLog failure_log(kFailureLogInterval);
   while (!stopping_.load()) {
     {
       std::unique_lock<std::mutex> lock(wake_mu_);
@@ -549,21 +550,14 @@ void Runtime::ClaimLoop() {
       absl::StatusOr<std::vector<store::ClaimedSaga>> claimed =
           store_->ClaimDue(options_.owner_id, options_.lease, limit);
       if (!claimed.ok()) {
-        ++claim_failures;
-        ++unlogged_failures;
-        if (absl::Now() - last_warning >= kClaimWarningInterval) {
-          spdlog::warn("claiming due sagas failed ({} time(s) since the last message): {}",
-                       unlogged_failures, claimed.status().ToString());
-          last_warning = absl::Now();
-          unlogged_failures = 0;
+        if (const int64_t n = failure_log.Failed(absl::Now()); n > 0) {
+          spdlog::warn("claiming due sagas failed ({} time(s) since the last message): {}", n,
+                       claimed.status().ToString());
         }
         break;
       }
-      if (claim_failures > 0) {
-        spdlog::info("claiming due sagas works again after {} failed attempt(s)", claim_failures);
-        claim_failures = 0;
-        unlogged_failures = 0;
-        last_warning = absl::InfinitePast();
+      if (const int64_t n = failure_log.Succeeded(); n > 0) {
+        spdlog::info("claiming due sagas works again after {} failed attempt(s)", n);
       }
       const size_t n = claimed->size();
       if (observer_ != nullptr) {  // ops: retries requested by an operator are not takeovers
@@ -579,6 +573,7 @@ void Runtime::ClaimLoop() {
 
 void Runtime::LeaseLoop() {
   // Leases are renewed while draining too, so that calls in flight keep their sagas.
+  common::FailureLog failure_log(kFailureLogInterval);
   while (!leases_stopped_.load()) {
     {
       std::unique_lock<std::mutex> lock(wake_mu_);
@@ -595,8 +590,14 @@ void Runtime::LeaseLoop() {
     absl::StatusOr<std::vector<store::OwnedSaga>> owned =
         store_->RenewLeases(options_.owner_id, options_.lease);
     if (!owned.ok()) {
-      spdlog::warn("renewing leases failed: {}", owned.status().ToString());
+      if (const int64_t n = failure_log.Failed(absl::Now()); n > 0) {
+        spdlog::warn("renewing leases failed ({} time(s) since the last message): {}", n,
+                     owned.status().ToString());
+      }
       continue;
+    }
+    if (const int64_t n = failure_log.Succeeded(); n > 0) {
+      spdlog::info("renewing leases works again after {} failed attempt(s)", n);
     }
     absl::flat_hash_map<std::string, bool> held;
     for (const auto& o : *owned) held[o.id] = o.abort_requested;

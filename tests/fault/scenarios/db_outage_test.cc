@@ -156,6 +156,8 @@ TEST(FaultScenario, DatabaseOutage) {
   // The claim loop fails at every poll while the database is down; it must not log each one.
   const int64_t claim_warnings = proc->CountLogLines("claiming due sagas failed");
   const int64_t claim_recoveries = proc->CountLogLines("claiming due sagas works again");
+  const int64_t renew_warnings = proc->CountLogLines("renewing leases failed");
+  const int64_t renew_recoveries = proc->CountLogLines("renewing leases works again");
 
   std::map<std::string, int> probe_codes;
   std::vector<double> probe_ms;
@@ -186,6 +188,8 @@ TEST(FaultScenario, DatabaseOutage) {
        absl::StrFormat("%.1f / %.1f MiB", rss_before / 1024.0, rss_after / 1024.0)},
       {"claim failures logged / 'works again' lines",
        absl::StrCat(claim_warnings, " / ", claim_recoveries)},
+      {"lease renewal failures logged / 'works again' lines",
+       absl::StrCat(renew_warnings, " / ", renew_recoveries)},
   };
   CheckOptions options;
   options.heal_time = t1;
@@ -202,7 +206,13 @@ TEST(FaultScenario, DatabaseOutage) {
   EXPECT_EQ(driver.acked(), sagas);
   // The first failure, then one line per 30 s.
   EXPECT_LE(claim_warnings, absl::ToInt64Seconds(down) / 30 + 2);
-  if (claim_warnings > 0) EXPECT_EQ(claim_recoveries, 1);
+  if (claim_warnings > 0) {
+    EXPECT_EQ(claim_recoveries, 1);
+  }
+  EXPECT_LE(renew_warnings, absl::ToInt64Seconds(down) / 30 + 2);
+  if (renew_warnings > 0) {
+    EXPECT_EQ(renew_recoveries, 1);
+  }
 }
 
 }  // namespace
