@@ -131,16 +131,22 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-absl::Status StartFailure(const absl::Status& status, bool has_idempotency_key) {
+absl::Status UnknownOutcome(const absl::Status& status, absl::string_view what, bool retry_is_safe,
+                            absl::string_view advice) {
   if (status.code() != absl::StatusCode::kUnknown) return status;
+  std::string message =
+      absl::StrCat(what, " may or may not have been recorded (", status.message(), "); ", advice);
+  return retry_is_safe ? absl::UnavailableError(message) : absl::UnknownError(message);
+}
+
+absl::Status StartFailure(const absl::Status& status, bool has_idempotency_key) {
   if (has_idempotency_key) {
-    return absl::UnavailableError(absl::StrCat(
-        "the start may or may not have been recorded (", status.message(),
-        "); retry with the same idempotency_key: it returns the saga if it was recorded"));
+    return UnknownOutcome(status, "the start", true,
+                          "retry with the same idempotency_key: it returns the saga if it was "
+                          "recorded");
   }
-  return absl::UnknownError(
-      absl::StrCat("the start may or may not have been recorded (", status.message(),
-                   "); starts without an idempotency_key cannot be retried safely"));
+  return UnknownOutcome(status, "the start", false,
+                        "starts without an idempotency_key cannot be retried safely");
 }
 
 absl::Status ValidateSagaId(const std::string& id) {
@@ -359,7 +365,9 @@ grpc::ServerUnaryReactor* SagaService::RegisterDefinition(
     saga::v1::RegisterDefinitionResponse* response) {
   auto* reactor = ctx->DefaultReactor();
   db_.Post([this, reactor, request, response] {
-    reactor->Finish(ToGrpcStatus(DoRegister(*request, response)));
+    reactor->Finish(ToGrpcStatus(
+        UnknownOutcome(DoRegister(*request, response), "the definition", true,
+                       "registering it again is safe: the same content returns the same version")));
   });
   return reactor;
 }
@@ -710,7 +718,8 @@ grpc::ServerUnaryReactor* SagaService::AbortSaga(grpc::CallbackServerContext* ct
         request->reason().empty() ? "aborted by an operator" : request->reason();
     absl::StatusOr<store::SagaRow> row = store_->RequestAbort(request->saga_id(), reason);
     if (row.ok()) runtime_->Poke(row->id);
-    reactor->Finish(ToGrpcStatus(row.status()));
+    reactor->Finish(ToGrpcStatus(UnknownOutcome(row.status(), "the abort request", true,
+                                                "requesting the abort again is safe")));
   });
   return reactor;
 }
@@ -726,7 +735,11 @@ grpc::ServerUnaryReactor* SagaService::RetrySaga(grpc::CallbackServerContext* ct
   db_.Post([this, reactor, request] {
     absl::StatusOr<store::SagaRow> row = store_->RequestRetry(request->saga_id());
     if (row.ok()) runtime_->Wake();
-    reactor->Finish(ToGrpcStatus(row.status()));
+    // A retry that was recorded has moved the saga out of FAILED, so a second one would be
+    // refused: the caller must look first.
+    reactor->Finish(ToGrpcStatus(
+        UnknownOutcome(row.status(), "the retry request", false,
+                       "GetSaga tells whether the saga left FAILED before you retry again")));
   });
   return reactor;
 }

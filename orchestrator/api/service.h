@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "orchestrator/runtime/executor.h"
 #include "orchestrator/runtime/registry.h"
 #include "orchestrator/runtime/runtime.h"
@@ -37,10 +38,16 @@ absl::Status ValidateTraceparent(const std::string& traceparent);
 // Parses a saga input: a JSON object within the limits, without NUL characters.
 absl::StatusOr<nlohmann::json> ParseInput(const std::string& text);
 
-// The status StartSaga answers when recording the start failed with `status`. A start whose
-// outcome is unknown (the database connection broke while it committed) is UNAVAILABLE when it
-// has an idempotency key, since retrying with the key is safe and returns the saga if it was
-// recorded; without a key a retry could start a second saga, so it stays UNKNOWN.
+// The status to answer when a write failed with `status`. Only UNKNOWN (the database
+// connection broke while the write committed, so it may or may not have happened) is changed:
+// to UNAVAILABLE when repeating the request is safe, the code that clients and gRPC retry
+// policies retry; otherwise it stays UNKNOWN. Either way the message names `what` and says
+// what to do (`advice`).
+absl::Status UnknownOutcome(const absl::Status& status, absl::string_view what, bool retry_is_safe,
+                            absl::string_view advice);
+
+// StartSaga: with an idempotency key a retry returns the saga if the start was recorded;
+// without one a retry could start a second saga.
 absl::Status StartFailure(const absl::Status& status, bool has_idempotency_key);
 
 // Fans committed events out to WatchSaga streams; polls the store for events that other

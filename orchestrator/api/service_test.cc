@@ -30,6 +30,21 @@ TEST(StartFailure, OtherCodesPassThrough) {
   }
 }
 
+TEST(UnknownOutcome, RetrySafeBecomesUnavailableAndOthersStayUnknown) {
+  const absl::Status lost = absl::UnknownError("connection lost during COMMIT");
+  const absl::Status safe = UnknownOutcome(lost, "the abort request", true, "ask again");
+  EXPECT_EQ(safe.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(safe.message(),
+            "the abort request may or may not have been recorded (connection lost during "
+            "COMMIT); ask again");
+  const absl::Status unsafe = UnknownOutcome(lost, "the retry request", false, "look first");
+  EXPECT_EQ(unsafe.code(), absl::StatusCode::kUnknown);
+  EXPECT_NE(unsafe.message().find("look first"), absl::string_view::npos);
+  EXPECT_TRUE(UnknownOutcome(absl::OkStatus(), "x", true, "y").ok());
+  EXPECT_EQ(UnknownOutcome(absl::NotFoundError("no saga"), "x", true, "y"),
+            absl::NotFoundError("no saga"));
+}
+
 TEST(ValidateSagaId, AcceptsLowercaseUuidOnly) {
   EXPECT_TRUE(ValidateSagaId("0f8fad5b-d9cb-469f-a165-70867728950e").ok());
   EXPECT_EQ(ValidateSagaId("0F8FAD5B-D9CB-469F-A165-70867728950E").code(),
