@@ -80,28 +80,17 @@ constexpr absl::Duration kPingTimeout = absl::Seconds(2);
 
 std::string Name(const sql::Statement& statement) { return std::string(statement.name); }
 
+// The text stored in sagas.status: the engine's name; empty for a value outside the enum.
 std::string_view StatusText(SagaStatus status) {
-  switch (status) {
-    case SagaStatus::kRunning:
-      return "RUNNING";
-    case SagaStatus::kCompleted:
-      return "COMPLETED";
-    case SagaStatus::kCompensating:
-      return "COMPENSATING";
-    case SagaStatus::kCompensated:
-      return "COMPENSATED";
-    case SagaStatus::kFailed:
-      return "FAILED";
-  }
-  return "";
+  const std::string_view name = engine::SagaStatusName(status);
+  SagaStatus known;
+  return engine::ParseSagaStatus(name, &known) ? name : std::string_view();
 }
 
 std::optional<SagaStatus> ParseStatusText(std::string_view text) {
-  for (SagaStatus status : {SagaStatus::kRunning, SagaStatus::kCompleted, SagaStatus::kCompensating,
-                            SagaStatus::kCompensated, SagaStatus::kFailed}) {
-    if (StatusText(status) == text) return status;
-  }
-  return std::nullopt;
+  SagaStatus status;
+  if (!engine::ParseSagaStatus(text, &status)) return std::nullopt;
+  return status;
 }
 
 // A printable, bounded rendering of client text for error messages.
