@@ -1,6 +1,10 @@
 // Shared helpers of the benchmark tools; see bench_util.h.
 #include "bench/bench_util.h"
 
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -10,9 +14,6 @@
 #include <unordered_map>
 
 #include "httplib.h"
-#include <dirent.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 namespace saga::bench {
 namespace {

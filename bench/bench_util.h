@@ -7,6 +7,8 @@
 // Linux only. Thread-compatible (no shared mutable state), except where noted.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -15,7 +17,6 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
-#include <sys/types.h>
 
 namespace saga::bench {
 

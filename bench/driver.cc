@@ -12,6 +12,8 @@
 //   4. verifies exactly-once against the participant's counters (the README's table) and the
 //      final status of every saga;
 //   5. prints one table row (or one JSON object).
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,7 +37,6 @@
 #include "nlohmann/json.hpp"
 #include "pqxx/pqxx"
 #include "saga/v1/orchestrator.grpc.pb.h"
-#include <unistd.h>
 
 namespace saga::bench {
 namespace {

@@ -22,6 +22,8 @@
 //   GET  /stats[?detail=1]      totals and per-order summaries (+ every order's counts and the
 //                               keys called more than once)
 //   GET  /health
+#include <signal.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -48,7 +50,6 @@
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "participants.grpc.pb.h"
-#include <signal.h>
 
 namespace saga::bench {
 namespace {

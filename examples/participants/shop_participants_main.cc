@@ -3,6 +3,9 @@
 // service on one port. Logs one line per call to stderr (unless --quiet), prints
 // "shop participants listening on <addr>" to stdout once ready, and exits cleanly on SIGINT or
 // SIGTERM.
+#include <pthread.h>
+#include <signal.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -13,8 +16,6 @@
 #include "examples/participants/shop_server.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
-#include <pthread.h>
-#include <signal.h>
 
 namespace {
 

@@ -307,8 +307,9 @@ void EventHub::PollLoop() {
       const absl::Time now = absl::Now();
       for (const auto& [token, sub] : subs_) {
         // Sagas of this replica publish their events at once; poll only the quiet ones.
-        if (now - absl::FromUnixMicros(sub->last_event_us.load()) >= poll_interval_)
+        if (now - absl::FromUnixMicros(sub->last_event_us.load()) >= poll_interval_) {
           watched[sub->saga_id].push_back(sub);
+        }
       }
     }
     for (const auto& [id, subs] : watched) {
@@ -771,10 +772,11 @@ class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1
           def_ = *def;
           state_ = engine::NewState(*def_);
           for (const auto& e : *events) {
-            if (e.seq >= next_seq_)
+            if (e.seq >= next_seq_) {
               pending_[e.seq] = e;
-            else
+            } else {
               history_[e.seq] = e;
+            }
           }
           for (auto& [seq, e] : early_) {
             if (seq >= next_seq_) pending_[seq] = std::move(e);

@@ -105,8 +105,9 @@ void PrintSaga(const Globals& g, const saga::v1::Saga& saga) {
   std::cout << "saga        " << saga.id() << "\n"
             << "definition  " << saga.definition() << " v" << saga.version() << "\n"
             << "status      " << StatusName(saga.status()) << "\n";
-  if (!saga.idempotency_key().empty())
+  if (!saga.idempotency_key().empty()) {
     std::cout << "key         " << saga.idempotency_key() << "\n";
+  }
   if (!saga.error().empty()) std::cout << "error       " << saga.error() << "\n";
   std::cout << "created     " << Time(saga.created_at()) << "\n"
             << "updated     " << Time(saga.updated_at()) << "\n"
@@ -359,8 +360,9 @@ int main(int argc, char** argv) {
     }
     if (!wait) return 0;
     saga::v1::SagaStatus final_status = Watch(g, client, resp.saga_id());
-    if (g.output != "json")
+    if (g.output != "json") {
       std::cout << "saga " << resp.saga_id() << " " << StatusName(final_status) << "\n";
+    }
     return final_status == saga::v1::SAGA_STATUS_COMPLETED ? 0 : 2;
   }
   if (get->parsed()) {

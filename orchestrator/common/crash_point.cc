@@ -1,13 +1,13 @@
 #include "orchestrator/common/crash_point.h"
 
 #ifdef SAGA_CRASHPOINTS
+#include <signal.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-
-#include <signal.h>
-#include <unistd.h>
 
 namespace saga::common {
 namespace {

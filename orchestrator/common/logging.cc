@@ -1,5 +1,7 @@
 #include "orchestrator/common/logging.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -8,7 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/sinks/stdout_sinks.h"
-#include <unistd.h>
 
 namespace saga::common {
 namespace {

@@ -1,10 +1,11 @@
 #include "orchestrator/definition/hash.h"
 
+#include <openssl/evp.h>
+
 #include <string>
 #include <string_view>
 
 #include "orchestrator/common/check.h"
-#include <openssl/evp.h>
 
 namespace saga::definition {
 

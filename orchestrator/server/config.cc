@@ -619,8 +619,9 @@ ParsedArgs ParseArgs(int argc, const char* const* argv, std::ostream& out, std::
 std::string FormatConfig(const DaemonConfig& config) {
   std::string out =
       "# sagad effective configuration (flags > SAGA_* environment > config file > defaults)\n";
-  if (!config.config_file.empty())
+  if (!config.config_file.empty()) {
     absl::StrAppend(&out, "# config file: ", config.config_file, "\n");
+  }
   for (const Setting& s : MakeSettings()) {
     if (!s.show) continue;
     std::string line = absl::StrCat(s.name, ": ", s.show(config));

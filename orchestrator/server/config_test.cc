@@ -1,5 +1,8 @@
 #include "orchestrator/server/config.h"
 
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -10,8 +13,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
-#include <stdlib.h>
-#include <unistd.h>
 
 namespace saga::server {
 namespace {

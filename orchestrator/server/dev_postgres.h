@@ -25,11 +25,12 @@
 // the message ends with the last lines of their log).
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include <sys/types.h>
 
 namespace saga::server {
 

@@ -3,6 +3,9 @@
 //
 // Exit codes: 0 after a drain (SIGTERM/SIGINT) or for --help/--version/config print; 1 when
 // startup fails or on a second signal; 2 for an invalid setting.
+#include <pthread.h>
+#include <signal.h>
+
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -19,8 +22,6 @@
 #include "orchestrator/server/dev_postgres.h"
 #include "orchestrator/server/server.h"
 #include "spdlog/spdlog.h"
-#include <pthread.h>
-#include <signal.h>
 
 namespace {
 

@@ -1,5 +1,7 @@
 #include "orchestrator/server/server.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -20,7 +22,6 @@
 #include "orchestrator/store/pg/pg_listener.h"
 #include "orchestrator/store/pg/pg_store.h"
 #include "spdlog/spdlog.h"
-#include <unistd.h>
 
 namespace saga::server {
 namespace {

@@ -100,8 +100,9 @@ absl::StatusOr<Scenario> ParseScenario(const std::string& path, const std::strin
     const YAML::Node& v = kv.second;
     const std::string where = absl::StrCat(path, ": ", key);
     if (key == "definition") {
-      if (!v.IsScalar())
+      if (!v.IsScalar()) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": expected a path"));
+      }
       sc.definition = Resolve(folder, v.Scalar());
     } else if (key == "proto_path") {
       auto dirs = Strings(v, where);
@@ -145,8 +146,9 @@ absl::StatusOr<Scenario> ParseScenario(const std::string& path, const std::strin
       if (!values.ok()) return values.status();
       sc.expect = std::move(*values);
     } else if (key == "final") {
-      if (!v.IsScalar())
+      if (!v.IsScalar()) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": expected a status"));
+      }
       sc.final_status = v.Scalar();
     } else {
       return absl::InvalidArgumentError(

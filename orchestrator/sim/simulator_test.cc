@@ -1,5 +1,7 @@
 #include "orchestrator/sim/simulator.h"
 
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -12,7 +14,6 @@
 #include "google/protobuf/descriptor.h"
 #include "gtest/gtest.h"
 #include "orchestrator/sim/scenario.h"
-#include <sys/wait.h>
 
 namespace saga::sim {
 namespace {

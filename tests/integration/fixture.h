@@ -3,6 +3,8 @@
 // or as a child process) serving the public API.
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,7 +17,6 @@
 #include "orchestrator/server/server.h"
 #include "orchestrator/store/pg/testing/test_database.h"
 #include "saga/v1/orchestrator.grpc.pb.h"
-#include <sys/types.h>
 
 namespace saga::testing {
 

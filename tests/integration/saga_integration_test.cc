@@ -1,5 +1,8 @@
 // Sagas end to end through the public gRPC API, against the example shop participants and a
 // real PostgreSQL.
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <atomic>
 #include <set>
 #include <thread>
@@ -7,8 +10,6 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/fixture.h"
-#include <signal.h>
-#include <sys/wait.h>
 
 namespace saga::testing {
 namespace {

@@ -1,5 +1,12 @@
 // Operations tests: metrics, tracing, JSON logs, shutdown and dev mode, through the real sagad
 // binary (child processes) or an in-process server, with the example shop participants.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <map>
 #include <set>
@@ -14,12 +21,6 @@
 #include "orchestrator/server/dev_postgres.h"
 #include "tests/integration/fixture.h"
 #include "tests/ops/ops_util.h"
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <pwd.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 namespace saga::testing {
 namespace {

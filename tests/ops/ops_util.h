@@ -3,6 +3,8 @@
 // TESTONLY. Not thread-safe (one test thread).
 #pragma once
 
+#include <sys/types.h>
+
 #include <map>
 #include <optional>
 #include <string>
@@ -12,7 +14,6 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "tests/support/net.h"  // FreeLoopbackPort, ListeningLoopbackSocket
-#include <sys/types.h>
 
 namespace saga::testing {
 

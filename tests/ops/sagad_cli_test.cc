@@ -1,14 +1,15 @@
 // The sagad binary's command line: --help, --version, `config print` with redaction, exit code 2
 // with one line for invalid settings, exit 1 when the metrics port is taken. No database.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <string>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/ops/ops_util.h"
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 namespace saga::testing {
 namespace {

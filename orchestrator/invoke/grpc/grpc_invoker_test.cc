@@ -3,6 +3,12 @@
 // production), never the generated ones the server uses.
 #include "orchestrator/invoke/grpc/grpc_invoker.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -33,11 +39,6 @@
 #include "orchestrator/invoke/grpc/descriptor_util.h"
 #include "testdata/echo.grpc.pb.h"
 #include "testdata/echo.pb.h"
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 namespace saga::invoke::grpc {
 namespace {

@@ -2,13 +2,14 @@
 // process of its own, so that a scenario can restart sagad and PostgreSQL without touching the
 // participant's ledger. Prints "bank participant listening on <addr>" to stdout once ready and
 // exits on SIGINT or SIGTERM.
+#include <pthread.h>
+#include <signal.h>
+
 #include <cstdio>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "tests/fault/bank/bank_server.h"
-#include <pthread.h>
-#include <signal.h>
 
 int main(int argc, char** argv) {
   CLI::App app{"The fault suite's bank participant (tests/fault/proto/bank/v1/bank.proto).",

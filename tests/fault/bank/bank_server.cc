@@ -169,8 +169,9 @@ class AdminService final : public v1::BankAdmin::CallbackService {
                                    const v1::ExportRequest* request,
                                    v1::ExportReply* reply) override {
     const int limit = request->limit() <= 0 ? 5000 : std::min(request->limit(), 10000);
-    for (auto& e : state_->Export(request->after_seq(), limit))
+    for (auto& e : state_->Export(request->after_seq(), limit)) {
       *reply->add_entries() = std::move(e);
+    }
     reply->set_last_seq(state_->Snapshot().deliveries());
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);

@@ -368,8 +368,9 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     }
   }
   for (const auto& [key, list] : by_key) {
-    if (list.size() > 1)
+    if (list.size() > 1) {
       report.Violate("I1", absl::StrCat("key ", key, " has ", list.size(), " sagas"));
+    }
   }
 
   // --- per saga: I2, I3, I5, I7, I8 (structure) ---
@@ -652,8 +653,9 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
       report.Violate("I6", absl::StrCat("transfer ", t, " left ", x, " in escrow"));
     }
     for (const auto& [name, bh] : balances) {
-      if (bh.second != 0)
+      if (bh.second != 0) {
         report.Violate("I6", absl::StrCat("account ", name, " left a hold of ", bh.second));
+      }
       if (balances_exact) {
         const int64_t start = name == "fees" ? 0 : options.initial_balance;
         const int64_t want = start + expected_delta[name];
@@ -711,8 +713,9 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
             const int64_t from = changes[k].at_us;
             const int64_t to = k + 1 < changes.size() ? changes[k + 1].at_us : INT64_MAX;
             if (from <= t) owner_at = changes[k].owner;
-            if (changes[k].owner == caller && from <= t + grace_us && to >= t - grace_us)
+            if (changes[k].owner == caller && from <= t + grace_us && to >= t - grace_us) {
               owned = true;
+            }
           }
           if (!owned) {
             ++non_owner_calls;
@@ -740,8 +743,9 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
     size_t ti = 0;
     int open = 0;
     for (size_t i = 0; i + 1 < all_events.size(); ++i) {
-      while (ti < timeline.size() && timeline[ti].first <= all_events[i])
+      while (ti < timeline.size() && timeline[ti].first <= all_events[i]) {
         open += timeline[ti++].second;
+      }
       if (open > 0) longest_pause = std::max(longest_pause, all_events[i + 1] - all_events[i]);
     }
   }
@@ -755,8 +759,9 @@ absl::StatusOr<CheckReport> CheckRun(const CheckOptions& options) {
   std::vector<std::string> parts;
   for (const auto& [k, v] : by_status) parts.push_back(absl::StrCat(k, " ", v));
   report.AddFigure("by status", absl::StrJoin(parts, ", "));
-  for (const auto& [k, v] : by_status)
+  for (const auto& [k, v] : by_status) {
     report.numbers[absl::StrCat("status ", k)] = static_cast<double>(v);
+  }
   parts.clear();
   for (const auto& [k, v] : by_plan) parts.push_back(absl::StrCat(k, " ", v));
   report.AddFigure("by scripted plan", absl::StrJoin(parts, ", "));

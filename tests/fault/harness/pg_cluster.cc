@@ -1,5 +1,9 @@
 #include "tests/fault/harness/pg_cluster.h"
 
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <fstream>
 #include <sstream>
 
@@ -8,9 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "tests/fault/harness/util.h"
 #include "tests/support/net.h"
-#include <pwd.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 namespace saga::fault {
 namespace {

@@ -1,5 +1,13 @@
 #include "tests/fault/harness/sagad_process.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -14,13 +22,6 @@
 #include "grpcpp/grpcpp.h"
 #include "tests/fault/harness/util.h"
 #include "tests/support/net.h"
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace saga::fault {
 

@@ -3,13 +3,14 @@
 // SIGCONT and SIGTERM it. SAGA_CRASHPOINT is set for the child only.
 #pragma once
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include <sys/types.h>
 
 namespace saga::fault {
 

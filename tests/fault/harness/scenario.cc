@@ -1,5 +1,10 @@
 #include "tests/fault/harness/scenario.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,10 +15,6 @@
 #include "absl/time/clock.h"
 #include "nlohmann/json.hpp"
 #include "tests/fault/harness/util.h"
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace saga::fault {
 namespace {

@@ -9,6 +9,8 @@
 // (append each scenario's figures as markdown).
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <map>
 #include <memory>
@@ -27,7 +29,6 @@
 #include "tests/fault/harness/pg_cluster.h"
 #include "tests/fault/harness/sagad_process.h"
 #include "tests/fault/harness/workload.h"
-#include <sys/types.h>
 
 namespace saga::fault {
 

@@ -1,5 +1,15 @@
 #include "tests/fault/harness/util.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -11,15 +21,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace saga::fault {
 
@@ -98,11 +99,13 @@ CommandResult RunCommand(const std::vector<std::string>& argv_in, absl::Duration
   char buf[4096];
   for (;;) {
     ssize_t n;
-    while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
+    while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) {
       result.output.append(buf, static_cast<size_t>(n));
+    }
     if (waitpid(pid, &status, WNOHANG) == pid) {
-      while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
+      while ((n = read(pipefd[0], buf, sizeof(buf))) > 0) {
         result.output.append(buf, static_cast<size_t>(n));
+      }
       break;
     }
     if (absl::Now() > deadline) {

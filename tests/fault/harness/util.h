@@ -2,6 +2,8 @@
 // commands (as the `postgres` user when we are root), and the local TCP ports of a process.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <set>
@@ -11,7 +13,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include <sys/types.h>
 
 namespace saga::fault {
 

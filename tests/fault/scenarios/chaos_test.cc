@@ -8,6 +8,9 @@
 //
 // The participant runs as a process of its own; PostgreSQL is the scenario's own cluster.
 // Sizes: SAGA_FAULT_CHAOS_{SAGAS,IN_FLIGHT,KILLS,CRASHPOINT_KILLS,KILL_MIN_S,KILL_MAX_S,LEASE}.
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <random>
 
@@ -15,8 +18,6 @@
 
 #include "tests/fault/scenarios/common.h"
 #include "tests/support/net.h"
-#include <signal.h>
-#include <sys/wait.h>
 
 namespace saga::fault {
 namespace {

@@ -49,8 +49,9 @@ TEST(FaultScenario, DatabaseOutage) {
         continue;
       }
       try {
-        if (!conn)
+        if (!conn) {
           conn = std::make_unique<pqxx::connection>(scenario.db().Url("saga-fault-sampler"));
+        }
         pqxx::nontransaction txn(*conn);
         const int n = txn.exec1(
                              "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
@@ -135,8 +136,9 @@ TEST(FaultScenario, DatabaseOutage) {
                                    "to_timestamp($1::double precision / 1e6)",
                                    absl::ToUnixMicros(t1))[0]
                                 .as<int64_t>();
-          if (n > 0 && progress_after == absl::InfiniteDuration())
+          if (n > 0 && progress_after == absl::InfiniteDuration()) {
             progress_after = absl::Now() - t1;
+          }
         } catch (const std::exception&) {
         }
         return progress_after != absl::InfiniteDuration() &&

@@ -4,13 +4,14 @@
 // released so that B claims every unfinished saga within 2 s of the release (measured on the
 // database clock, from the audit); a second SIGTERM makes a draining replica exit at once
 // (< 1 s); I1-I8 after B finished everything. Sizes: SAGA_FAULT_DRAIN_CALLS.
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <pqxx/pqxx>
 
 #include "grpcpp/grpcpp.h"
 #include "saga/v1/orchestrator.grpc.pb.h"
 #include "tests/fault/scenarios/common.h"
-#include <signal.h>
-#include <sys/wait.h>
 
 namespace saga::fault {
 namespace {

@@ -1,10 +1,11 @@
 // Fault-free baseline: the invariants must hold when nothing breaks (Jepsen found anomalies on
 // healthy nodes). One replica, the bank workload with scripted business failures and
 // transient compensation failures, no injected faults.
+#include <signal.h>
+
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
-#include <signal.h>
 
 namespace saga::fault {
 namespace {

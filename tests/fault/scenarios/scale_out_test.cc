@@ -5,10 +5,11 @@
 // every participant call made by the replica that owned the saga at that instant (callers are
 // identified by their TCP ports) - nothing is lost and the survivors finish the dead replica's
 // sagas; I1-I8. Sizes: SAGA_FAULT_SCALE_{SAGAS,IN_FLIGHT,LEASE}.
+#include <signal.h>
+
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
-#include <signal.h>
 
 namespace saga::fault {
 namespace {

@@ -5,10 +5,11 @@
 // the audit). Pass: takeover bound, I1-I8 (the issue names I4 and I8).
 // Participant calls A sends after losing the sagas are counted, not failed: delivery is at
 // least once and only writes are fenced. Sizes: SAGA_FAULT_ZOMBIE_{SAGAS,LEASE_S}.
+#include <signal.h>
+
 #include <pqxx/pqxx>
 
 #include "tests/fault/scenarios/common.h"
-#include <signal.h>
 
 namespace saga::fault {
 namespace {
