@@ -39,23 +39,21 @@ std::string ProtoDir() {
 
 absl::StatusOr<std::unique_ptr<BankProcess>> BankProcess::Spawn(const bank::v1::FaultConfig& f,
                                                                 const std::string& log_path) {
-  std::vector<std::string> argv = {BankBinary(),
-                                   "--seed",
-                                   absl::StrCat(f.seed()),
-                                   "--unavailable",
-                                   absl::StrCat(f.unavailable()),
-                                   "--drop-reply",
-                                   absl::StrCat(f.drop_reply()),
-                                   "--late-apply",
-                                   absl::StrCat(f.late_apply()),
-                                   "--slow",
-                                   absl::StrCat(f.slow()),
-                                   "--hold-ms",
-                                   absl::StrCat(f.hold_ms()),
-                                   "--slow-max-ms",
-                                   absl::StrCat(f.slow_max_ms()),
-                                   "--base-delay-ms",
-                                   absl::StrCat(f.base_delay_ms())};
+  const std::pair<const char*, std::string> flags[] = {
+      {"--seed", absl::StrCat(f.seed())},
+      {"--unavailable", absl::StrCat(f.unavailable())},
+      {"--drop-reply", absl::StrCat(f.drop_reply())},
+      {"--late-apply", absl::StrCat(f.late_apply())},
+      {"--slow", absl::StrCat(f.slow())},
+      {"--hold-ms", absl::StrCat(f.hold_ms())},
+      {"--slow-max-ms", absl::StrCat(f.slow_max_ms())},
+      {"--base-delay-ms", absl::StrCat(f.base_delay_ms())},
+  };
+  std::vector<std::string> argv = {BankBinary()};
+  for (const auto& [flag, value] : flags) {
+    argv.push_back(flag);
+    argv.push_back(value);
+  }
   int out[2];
   if (pipe(out) != 0) return absl::InternalError("pipe");
   const pid_t pid = fork();
