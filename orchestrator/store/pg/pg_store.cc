@@ -506,6 +506,27 @@ void ExplainRejected(pqxx::transaction_base& tx, const std::vector<PendingOp*>& 
   }
 }
 
+// Writes a round of exactly one op with kWriteOneStart or kWriteOneTransition; the result rows
+// are kWriteBatch's.
+pqxx::result WriteOne(pqxx::transaction_base& tx, const Round& round, const EventArrays& events) {
+  if (!round.starts.empty()) {
+    const NewSaga& saga = round.starts.front()->saga;
+    return tx.exec_prepared(
+        Name(sql::kWriteOneStart), saga.id, saga.definition_name, saga.definition_version,
+        std::string(StatusText(saga.status)), saga.input_json, saga.input_hash,
+        saga.idempotency_key, saga.traceparent, saga.owner, LeaseMicros(saga.lease),
+        static_cast<int64_t>(saga.events.size()), Build(events.seq), Build(events.type),
+        Build(events.step), Build(events.attempt), Build(events.detail));
+  }
+  const Transition& t = round.transitions.front()->transition;
+  const int64_t prev_seq = t.events.empty() ? -1 : t.events.front().seq - 1;
+  const int64_t last_seq = t.events.empty() ? -1 : t.events.back().seq;
+  return tx.exec_prepared(Name(sql::kWriteOneTransition), t.saga_id, t.fence, t.owner,
+                          std::string(StatusText(t.status)), t.error, prev_seq, last_seq, t.release,
+                          t.clear_requests, Build(events.seq), Build(events.type),
+                          Build(events.step), Build(events.attempt), Build(events.detail));
+}
+
 // Writes one round with one kWriteBatch statement, then answers its ops: created starts and
 // accepted transitions succeed; the others are resolved or explained.
 absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t* fenced) {
@@ -551,13 +572,19 @@ absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t*
   std::set<std::string> created;
   std::set<std::string> accepted;
   int64_t events_inserted = 0;
-  for (const pqxx::row& row : tx.exec_prepared(
-           Name(sql::kWriteBatch), Build(id), Build(definition_name), Build(definition_version),
-           Build(status), Build(input), Build(input_hash), Build(key), Build(traceparent),
-           Build(owner), Build(lease_us), Build(last_seq), Build(t_id), Build(t_fence),
-           Build(t_owner), Build(t_status), Build(t_error), Build(t_prev_seq), Build(t_last_seq),
-           Build(t_release), Build(t_clear_requests), Build(events.saga_id), Build(events.seq),
-           Build(events.type), Build(events.step), Build(events.attempt), Build(events.detail))) {
+  pqxx::result rows;
+  if (round.starts.size() + round.transitions.size() == 1) {
+    rows = WriteOne(tx, round, events);
+  } else {
+    rows = tx.exec_prepared(
+        Name(sql::kWriteBatch), Build(id), Build(definition_name), Build(definition_version),
+        Build(status), Build(input), Build(input_hash), Build(key), Build(traceparent),
+        Build(owner), Build(lease_us), Build(last_seq), Build(t_id), Build(t_fence), Build(t_owner),
+        Build(t_status), Build(t_error), Build(t_prev_seq), Build(t_last_seq), Build(t_release),
+        Build(t_clear_requests), Build(events.saga_id), Build(events.seq), Build(events.type),
+        Build(events.step), Build(events.attempt), Build(events.detail));
+  }
+  for (const pqxx::row& row : rows) {
     const std::string_view kind = row[0].c_str();
     if (kind == "S") {
       created.insert(row[1].as<std::string>());
