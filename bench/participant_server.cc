@@ -1,7 +1,11 @@
 // bench-participants: the participant server of the shared benchmark workload (the order saga,
 // /work/shared/bench/README.md), in C++ so that it is not the bottleneck of an engine run.
 //
-// gRPC (bench/proto/participants.proto, package sagabench.participants.v1), callback API:
+// gRPC (bench/proto/participants.proto, package sagabench.participants.v1), served with the
+//   completion-queue API by --cq-threads threads (1 by default), each polling its own queue and
+//   answering on the thread that read the call: no hand-off between threads per call, which at
+//   low load is most of a call's cost on a VM (gRPC's callback API passes every event between
+//   two internal threads).
 //   Inventory.Reserve / Release, Payment.Charge / Refund, Shipping.Schedule. Each takes
 //   StepRequest{order_id, amount, idempotency_key} and answers StepReply{ok: true,
 //   ref: "<method>-<order_id>"}.
@@ -10,7 +14,7 @@
 // Idempotency: per (method, idempotency_key). A repeat returns the first answer and is not a
 //   new application; it still counts as a call. An empty key is never deduplicated.
 // Latency: with latency_ms > 0 every answer is delivered latency_ms after the call arrived, by
-//   the delay thread(s); gRPC's threads never sleep.
+//   the delay thread(s); the serving threads never sleep.
 // Counters: calls / applications / replays / failures per method (atomics, one cache line per
 //   method); per (method, order) and per (method, key) counts in hash maps split into shards
 //   with a lock each. Keys of the workload's form "<order_id>:<step>" are stored as numbers (no
@@ -316,6 +320,14 @@ class Ledger {
   std::atomic<int64_t> started_at_ms_{NowMs()};
 };
 
+// A call waiting for its answer.
+class PendingAnswer {
+ public:
+  virtual ~PendingAnswer() = default;
+  // Sends the answer; called once.
+  virtual void Send(grpc::Status status) = 0;
+};
+
 // Delivers delayed answers at their time, from its own thread(s).
 class DelayQueue {
  public:
@@ -324,7 +336,7 @@ class DelayQueue {
   }
   ~DelayQueue() { Stop(); }
 
-  void Add(Clock::time_point when, grpc::ServerUnaryReactor* reactor, grpc::Status status) {
+  void Add(Clock::time_point when, PendingAnswer* reactor, grpc::Status status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!stopped_) {
@@ -334,7 +346,7 @@ class DelayQueue {
         return;
       }
     }
-    reactor->Finish(std::move(status));
+    reactor->Send(std::move(status));
   }
 
   // Answers every pending call now and joins the threads. Idempotent.
@@ -353,7 +365,7 @@ class DelayQueue {
   struct Entry {
     Clock::time_point when;
     uint64_t seq;
-    grpc::ServerUnaryReactor* reactor;
+    PendingAnswer* reactor;
     // Mutable so that it can be moved out of the priority queue's const top().
     mutable grpc::Status status;
   };
@@ -376,11 +388,11 @@ class DelayQueue {
         wake_.wait_until(lock, when);
         continue;
       }
-      grpc::ServerUnaryReactor* reactor = queue_.top().reactor;
+      PendingAnswer* reactor = queue_.top().reactor;
       grpc::Status status = std::move(queue_.top().status);
       queue_.pop();
       lock.unlock();
-      reactor->Finish(std::move(status));
+      reactor->Send(std::move(status));
       lock.lock();
     }
   }
@@ -393,91 +405,115 @@ class DelayQueue {
   std::vector<std::thread> threads_;
 };
 
-// Serves one call of `method`: records it, fills the reply, answers (now or later).
-class Responder {
- public:
-  Responder(Ledger* ledger, Config* config, DelayQueue* delays)
-      : ledger_(ledger), config_(config), delays_(delays) {}
+// Records one call of `method`, fills the reply; returns the status to answer with.
+grpc::Status Apply(Ledger& ledger, const Config& config, Method method,
+                   const pv1::StepRequest& request, pv1::StepReply* reply) {
+  const uint64_t order = request.order_id();
+  if (ledger.Record(method, order, request.idempotency_key(), config)) {
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        std::string(kMethodNames[method]) + " rejected for order " + std::to_string(order));
+  }
+  // ref = "<step>-<order_id>", formatted on the stack.
+  char ref[48];
+  const std::string_view prefix = kStepNames[method];
+  std::copy(prefix.begin(), prefix.end(), ref);
+  ref[prefix.size()] = '-';
+  char* end = std::to_chars(ref + prefix.size() + 1, ref + sizeof(ref), order).ptr;
+  reply->set_ok(true);
+  reply->set_ref(ref, static_cast<size_t>(end - ref));
+  return grpc::Status::OK;
+}
 
-  grpc::ServerUnaryReactor* Serve(Method method, grpc::CallbackServerContext* context,
-                                  const pv1::StepRequest& request, pv1::StepReply* reply) {
+struct Services {
+  pv1::Inventory::AsyncService inventory;
+  pv1::Payment::AsyncService payment;
+  pv1::Shipping::AsyncService shipping;
+};
+
+// One call of `method` on one completion queue, from its arrival to its answer. The tag of
+// every operation is the Call itself: the first event is the call's arrival (a new Call then
+// waits for the next one), the second the answer's completion (the Call deletes itself).
+class Call final : public PendingAnswer {
+ public:
+  struct Env {
+    Services* services;
+    grpc::ServerCompletionQueue* cq;
+    Ledger* ledger;
+    Config* config;
+    DelayQueue* delays;
+  };
+
+  // Waits for the next call of `method` on env.cq.
+  static void Await(const Env& env, Method method) { new Call(env, method); }
+
+  // Handles the event of this Call's current operation.
+  void Proceed(bool ok) {
+    if (answered_ || !ok) {  // the answer went out, or the server is shutting down
+      delete this;
+      return;
+    }
     const Clock::time_point arrived = Clock::now();
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    const uint64_t order = request.order_id();
-    const bool rejected = ledger_->Record(method, order, request.idempotency_key(), *config_);
-    grpc::Status status;
-    if (rejected) {
-      status = grpc::Status(
-          grpc::StatusCode::FAILED_PRECONDITION,
-          std::string(kMethodNames[method]) + " rejected for order " + std::to_string(order));
-    } else {
-      // ref = "<step>-<order_id>", formatted on the stack.
-      char ref[48];
-      const std::string_view prefix = kStepNames[method];
-      std::copy(prefix.begin(), prefix.end(), ref);
-      ref[prefix.size()] = '-';
-      char* end = std::to_chars(ref + prefix.size() + 1, ref + sizeof(ref), order).ptr;
-      reply->set_ok(true);
-      reply->set_ref(ref, static_cast<size_t>(end - ref));
-    }
-    const int64_t latency_ms = config_->latency_ms.load(std::memory_order_relaxed);
+    Await(env_, method_);
+    grpc::Status status = Apply(*env_.ledger, *env_.config, method_, request_, &reply_);
+    const int64_t latency_ms = env_.config->latency_ms.load(std::memory_order_relaxed);
     if (latency_ms > 0) {
-      delays_->Add(arrived + std::chrono::milliseconds(latency_ms), reactor, std::move(status));
+      env_.delays->Add(arrived + std::chrono::milliseconds(latency_ms), this, std::move(status));
     } else {
-      reactor->Finish(std::move(status));
+      Send(std::move(status));
     }
-    return reactor;
+  }
+
+  void Send(grpc::Status status) override {
+    answered_ = true;
+    if (status.ok()) {
+      responder_.Finish(reply_, status, this);
+    } else {
+      responder_.FinishWithError(status, this);
+    }
   }
 
  private:
-  Ledger* const ledger_;
-  Config* const config_;
-  DelayQueue* const delays_;
+  Call(const Env& env, Method method) : env_(env), method_(method), responder_(&context_) {
+    Services& s = *env.services;
+    grpc::ServerCompletionQueue* cq = env.cq;
+    switch (method) {
+      case kReserve:
+        s.inventory.RequestReserve(&context_, &request_, &responder_, cq, cq, this);
+        break;
+      case kRelease:
+        s.inventory.RequestRelease(&context_, &request_, &responder_, cq, cq, this);
+        break;
+      case kCharge:
+        s.payment.RequestCharge(&context_, &request_, &responder_, cq, cq, this);
+        break;
+      case kRefund:
+        s.payment.RequestRefund(&context_, &request_, &responder_, cq, cq, this);
+        break;
+      case kSchedule:
+        s.shipping.RequestSchedule(&context_, &request_, &responder_, cq, cq, this);
+        break;
+      case kMethodCount:
+        break;
+    }
+  }
+
+  const Env env_;
+  const Method method_;
+  grpc::ServerContext context_;
+  pv1::StepRequest request_;
+  pv1::StepReply reply_;
+  grpc::ServerAsyncResponseWriter<pv1::StepReply> responder_;
+  bool answered_ = false;
 };
 
-class InventoryService final : public pv1::Inventory::CallbackService {
- public:
-  explicit InventoryService(Responder* r) : r_(r) {}
-  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* c, const pv1::StepRequest* q,
-                                    pv1::StepReply* a) override {
-    return r_->Serve(kReserve, c, *q, a);
-  }
-  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* c, const pv1::StepRequest* q,
-                                    pv1::StepReply* a) override {
-    return r_->Serve(kRelease, c, *q, a);
-  }
-
- private:
-  Responder* const r_;
-};
-
-class PaymentService final : public pv1::Payment::CallbackService {
- public:
-  explicit PaymentService(Responder* r) : r_(r) {}
-  grpc::ServerUnaryReactor* Charge(grpc::CallbackServerContext* c, const pv1::StepRequest* q,
-                                   pv1::StepReply* a) override {
-    return r_->Serve(kCharge, c, *q, a);
-  }
-  grpc::ServerUnaryReactor* Refund(grpc::CallbackServerContext* c, const pv1::StepRequest* q,
-                                   pv1::StepReply* a) override {
-    return r_->Serve(kRefund, c, *q, a);
-  }
-
- private:
-  Responder* const r_;
-};
-
-class ShippingService final : public pv1::Shipping::CallbackService {
- public:
-  explicit ShippingService(Responder* r) : r_(r) {}
-  grpc::ServerUnaryReactor* Schedule(grpc::CallbackServerContext* c, const pv1::StepRequest* q,
-                                     pv1::StepReply* a) override {
-    return r_->Serve(kSchedule, c, *q, a);
-  }
-
- private:
-  Responder* const r_;
-};
+// Serves every method from one completion queue until it is shut down and drained.
+void ServeQueue(const Call::Env& env) {
+  for (size_t m = 0; m < kMethodCount; ++m) Call::Await(env, static_cast<Method>(m));
+  void* tag = nullptr;
+  bool ok = false;
+  while (env.cq->Next(&tag, &ok)) static_cast<Call*>(tag)->Proceed(ok);
+}
 
 nlohmann::json ConfigJson(const Config& config) {
   return {
@@ -551,7 +587,7 @@ int main(int argc, char** argv) {
   using namespace saga::bench;  // NOLINT(build/namespaces): main only.
   CLI::App app{"bench-participants: the order-saga benchmark's participant server"};
   std::string host = "localhost", admin_host = "127.0.0.1";
-  int grpc_port = 50071, admin_port = 50072, threads = 1;
+  int grpc_port = 50071, admin_port = 50072, threads = 1, cq_threads = 1;
   uint64_t fail_mod = 0;
   int64_t latency_ms = 0;
   size_t expected_orders = 200000;
@@ -559,9 +595,11 @@ int main(int argc, char** argv) {
   app.add_option("--grpc-port", grpc_port, "gRPC port")->capture_default_str();
   app.add_option("--admin-host", admin_host, "admin HTTP listen host")->capture_default_str();
   app.add_option("--admin-port", admin_port, "admin HTTP port")->capture_default_str();
-  app.add_option("--threads", threads,
-                 "threads delivering delayed answers (latency_ms > 0); gRPC's callback API "
-                 "sizes its own threads")
+  app.add_option("--threads", threads, "threads delivering delayed answers (latency_ms > 0)")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--cq-threads", cq_threads,
+                 "threads serving gRPC, each with its own completion queue")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--fail-mod", fail_mod, "initial fail_mod")->capture_default_str();
@@ -583,30 +621,41 @@ int main(int argc, char** argv) {
   config.latency_ms = latency_ms;
   auto ledger = std::make_unique<Ledger>(expected_orders);
   DelayQueue delays(threads);
-  Responder responder(ledger.get(), &config, &delays);
-  InventoryService inventory(&responder);
-  PaymentService payment(&responder);
-  ShippingService shipping(&responder);
+  Services services;
 
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(host + ":" + std::to_string(grpc_port),
                            grpc::InsecureServerCredentials(), &bound_port);
-  builder.RegisterService(&inventory);
-  builder.RegisterService(&payment);
-  builder.RegisterService(&shipping);
+  builder.RegisterService(&services.inventory);
+  builder.RegisterService(&services.payment);
+  builder.RegisterService(&services.shipping);
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  for (int i = 0; i < cq_threads; ++i) queues.push_back(builder.AddCompletionQueue());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || bound_port == 0) {
     std::cerr << "bench-participants: cannot listen on " << host << ":" << grpc_port << "\n";
     return 1;
   }
+  std::vector<std::thread> serving;
+  for (auto& cq : queues) {
+    serving.emplace_back(ServeQueue,
+                         Call::Env{&services, cq.get(), ledger.get(), &config, &delays});
+  }
+  // Stops serving: answers the delayed calls, shuts the server down, then drains the queues.
+  auto stop_serving = [&] {
+    delays.Stop();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    for (auto& cq : queues) cq->Shutdown();
+    for (std::thread& t : serving) t.join();
+  };
 
   httplib::Server admin;
   admin.new_task_queue = [] { return new httplib::ThreadPool(2); };
   InstallAdminRoutes(admin, ledger.get(), &config);
   if (!admin.bind_to_port(admin_host.c_str(), admin_port)) {
     std::cerr << "bench-participants: cannot listen on " << admin_host << ":" << admin_port << "\n";
-    server->Shutdown();
+    stop_serving();
     return 1;
   }
   std::thread admin_thread([&admin] { admin.listen_after_bind(); });
@@ -615,9 +664,7 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  // Answer the delayed calls, then stop serving.
-  delays.Stop();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  stop_serving();
   admin.stop();
   admin_thread.join();
   return 0;
