@@ -83,7 +83,7 @@ case "$FORMAT" in table|json) ;; *) echo "run.sh: --format table|json" >&2; exit
 
 SAGAD="${SAGA_BENCH_SAGAD:-$BUILD_DIR/orchestrator/server/sagad}"  # SAGA_BENCH_SAGAD: another sagad binary, e.g. to compare two builds
 SAGACTL="$BUILD_DIR/orchestrator/cli/sagactl"
-PARTICIPANTS="$BUILD_DIR/bench/bench-participants"
+PARTICIPANTS="${SAGA_BENCH_PARTICIPANTS:-$BUILD_DIR/bench/bench-participants}"  # SAGA_BENCH_PARTICIPANTS: another participant server binary
 CEILING_BIN="$BUILD_DIR/bench/bench-participants-ceiling"
 DRIVER="$BUILD_DIR/bench/saga-bench"
 
