@@ -1,10 +1,12 @@
 // GrpcInvoker: the production Invoker. It calls participants' unary gRPC methods dynamically,
 // from descriptors only (no generated code): the request JSON is converted to protobuf wire
-// bytes with the method's input type, sent with grpc::GenericStub as an asynchronous unary call
-// on the invoker's completion queue, and the reply is rendered back to JSON with the output type.
-// (Not the callback API: in Debian's gRPC 1.51 it runs on a process-wide "alternative" queue
-// whose threads (cores/2, at least 2) nap 100 ms after each idle second; in tests 4 of 30 calls
-// made after ~1 s idle waited 15-47 ms extra. Our own queue's threads block without a timeout.)
+// bytes with the method's input type, sent with grpc::GenericStub's callback API as an
+// asynchronous unary call, and the reply is rendered back to JSON with the output type.
+// (In Debian's gRPC 1.51 the callback API runs on a process-wide "alternative" queue whose
+// threads (cores/2, at least 2) pass events to each other and nap 100 ms after each idle second;
+// in tests 4 of 30 calls made after ~1 s idle waited 15-47 ms extra. A completion queue of the
+// invoker's own was measured instead and gained nothing while sagad's API also uses the callback
+// API: those threads still read the replies first (docs/performance.md).)
 //
 // Results (CallResult::status):
 //   - OK: response_json holds the reply, proto field names, default values included; 64-bit
