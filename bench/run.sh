@@ -193,6 +193,7 @@ fi
 
 # shellcheck disable=SC2086  # SAGAD_ARGS is split on purpose
 "$SAGAD" --listen "localhost:$SAGAD_PORT" --definitions "$DEFS" --proto-path "$ROOT/bench/proto" \
+  --metrics-listen 127.0.0.1:0 \
   $SAGAD_ARGS > "$LOGDIR/sagad.log" 2>&1 &
 SAGAD_PID=$!
 PIDS+=("$SAGAD_PID")
