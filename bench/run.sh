@@ -13,6 +13,9 @@
 #   --latency-ms N       participant latency per call (0)
 #   --duration-limit D   time limit per run, e.g. 600s (10m)
 #   --ceiling            also measure the participant server alone (bench-participants-ceiling)
+#   --floor              also measure the floor of a saga's latency at one in flight on this
+#                        machine, without sagad (saga-floor: 4 single-row writes and 3 calls per
+#                        saga, one thread), to read sagad's figure at one in flight against it
 #   --explain-slow N     print the recorded events of the N slowest sagas of each run
 #   --pg-waits           sample pg_stat_activity (20 Hz) during the runs and print what sagad's
 #                        backends were doing (wait events and statements); costs some CPU
@@ -39,6 +42,7 @@ SCENARIOS="A B"
 LATENCY_MS=0
 DURATION_LIMIT=10m
 CEILING=0
+FLOOR=0
 FORMAT=table
 BUILD_DIR="$ROOT/build-bench"
 BUILD=1
@@ -64,6 +68,7 @@ while [[ $# -gt 0 ]]; do
     --latency-ms) LATENCY_MS="$2"; shift 2 ;;
     --duration-limit) DURATION_LIMIT="$2"; shift 2 ;;
     --ceiling) CEILING=1; shift ;;
+    --floor) FLOOR=1; shift ;;
     --explain-slow) EXPLAIN_SLOW="$2"; shift 2 ;;
     --pg-waits) PG_WAITS=1; shift ;;
     --format) FORMAT="$2"; shift 2 ;;
@@ -85,6 +90,7 @@ SAGAD="${SAGA_BENCH_SAGAD:-$BUILD_DIR/orchestrator/server/sagad}"  # SAGA_BENCH_
 SAGACTL="$BUILD_DIR/orchestrator/cli/sagactl"
 PARTICIPANTS="${SAGA_BENCH_PARTICIPANTS:-$BUILD_DIR/bench/bench-participants}"  # SAGA_BENCH_PARTICIPANTS: another participant server binary
 CEILING_BIN="$BUILD_DIR/bench/bench-participants-ceiling"
+FLOOR_BIN="$BUILD_DIR/bench/saga-floor"
 DRIVER="$BUILD_DIR/bench/saga-bench"
 
 log() { echo "run.sh: $*" >&2; }
@@ -98,7 +104,7 @@ if [[ -z "${SAGA_BENCH_IN_PGENV:-}" ]]; then
       cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >&2
     fi
     log "building"
-    ninja -C "$BUILD_DIR" -j2 sagad sagactl bench_participants bench_participants_ceiling \
+    ninja -C "$BUILD_DIR" -j2 sagad sagactl bench_participants bench_participants_ceiling saga_floor \
       saga_bench >&2
   fi
   for bin in "$SAGAD" "$SAGACTL" "$PARTICIPANTS" "$DRIVER"; do
@@ -189,6 +195,11 @@ if [[ "$CEILING" == 1 && -x "$CEILING_BIN" ]]; then
     "$CEILING_BIN" --target "localhost:$PART_PORT" --admin "$ADMIN_URL" --calls 300000 \
       --in-flight "$inflight" --participant-pid "$PART_PID" "${ceiling_args[@]}" >&"$OUT"
   done
+fi
+
+if [[ "$FLOOR" == 1 && -x "$FLOOR_BIN" ]]; then
+  log "the floor of a saga at one in flight (saga-floor, no sagad)"
+  "$FLOOR_BIN" --target "localhost:$PART_PORT" --sagas 1000 >&"$OUT"
 fi
 
 # shellcheck disable=SC2086  # SAGAD_ARGS is split on purpose
