@@ -506,11 +506,14 @@ void ExplainRejected(pqxx::transaction_base& tx, const std::vector<PendingOp*>& 
   }
 }
 
-// Writes a round of exactly one op with kWriteOneStart or kWriteOneTransition; the result rows
-// are kWriteBatch's.
-pqxx::result WriteOne(pqxx::transaction_base& tx, const Round& round, const EventArrays& events) {
+// Runs kWriteOneStart or kWriteOneTransition for a round of exactly one op; the result rows are
+// kWriteBatch's.
+pqxx::result ExecWriteOne(pqxx::transaction_base& tx, const Round& round) {
+  const PendingOp& op = round.starts.empty() ? *round.transitions.front() : *round.starts.front();
+  EventArrays events;
+  events.Add(op);
   if (!round.starts.empty()) {
-    const NewSaga& saga = round.starts.front()->saga;
+    const NewSaga& saga = op.saga;
     return tx.exec_prepared(
         Name(sql::kWriteOneStart), saga.id, saga.definition_name, saga.definition_version,
         std::string(StatusText(saga.status)), saga.input_json, saga.input_hash,
@@ -518,7 +521,7 @@ pqxx::result WriteOne(pqxx::transaction_base& tx, const Round& round, const Even
         static_cast<int64_t>(saga.events.size()), Build(events.seq), Build(events.type),
         Build(events.step), Build(events.attempt), Build(events.detail));
   }
-  const Transition& t = round.transitions.front()->transition;
+  const Transition& t = op.transition;
   const int64_t prev_seq = t.events.empty() ? -1 : t.events.front().seq - 1;
   const int64_t last_seq = t.events.empty() ? -1 : t.events.back().seq;
   return tx.exec_prepared(Name(sql::kWriteOneTransition), t.saga_id, t.fence, t.owner,
@@ -527,9 +530,8 @@ pqxx::result WriteOne(pqxx::transaction_base& tx, const Round& round, const Even
                           Build(events.step), Build(events.attempt), Build(events.detail));
 }
 
-// Writes one round with one kWriteBatch statement, then answers its ops: created starts and
-// accepted transitions succeed; the others are resolved or explained.
-absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t* fenced) {
+// Runs kWriteBatch for a round.
+pqxx::result ExecWriteBatch(pqxx::transaction_base& tx, const Round& round) {
   ArrayLiteral id, definition_name, definition_version, status, input, input_hash, key, traceparent,
       owner, lease_us, last_seq;
   EventArrays events;
@@ -568,22 +570,24 @@ absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t*
     t_clear_requests.AddBool(t.clear_requests);
     events.Add(*op);
   }
+  return tx.exec_prepared(
+      Name(sql::kWriteBatch), Build(id), Build(definition_name), Build(definition_version),
+      Build(status), Build(input), Build(input_hash), Build(key), Build(traceparent), Build(owner),
+      Build(lease_us), Build(last_seq), Build(t_id), Build(t_fence), Build(t_owner),
+      Build(t_status), Build(t_error), Build(t_prev_seq), Build(t_last_seq), Build(t_release),
+      Build(t_clear_requests), Build(events.saga_id), Build(events.seq), Build(events.type),
+      Build(events.step), Build(events.attempt), Build(events.detail));
+}
 
+// Writes one round with one statement (kWriteBatch, or the lean one for a round of one op),
+// then answers its ops: created starts and accepted transitions succeed; the others are
+// resolved or explained.
+absl::Status WriteRound(pqxx::transaction_base& tx, const Round& round, int64_t* fenced) {
+  const bool one_op = round.starts.size() + round.transitions.size() == 1;
+  const pqxx::result rows = one_op ? ExecWriteOne(tx, round) : ExecWriteBatch(tx, round);
   std::set<std::string> created;
   std::set<std::string> accepted;
   int64_t events_inserted = 0;
-  pqxx::result rows;
-  if (round.starts.size() + round.transitions.size() == 1) {
-    rows = WriteOne(tx, round, events);
-  } else {
-    rows = tx.exec_prepared(
-        Name(sql::kWriteBatch), Build(id), Build(definition_name), Build(definition_version),
-        Build(status), Build(input), Build(input_hash), Build(key), Build(traceparent),
-        Build(owner), Build(lease_us), Build(last_seq), Build(t_id), Build(t_fence), Build(t_owner),
-        Build(t_status), Build(t_error), Build(t_prev_seq), Build(t_last_seq), Build(t_release),
-        Build(t_clear_requests), Build(events.saga_id), Build(events.seq), Build(events.type),
-        Build(events.step), Build(events.attempt), Build(events.detail));
-  }
   for (const pqxx::row& row : rows) {
     const std::string_view kind = row[0].c_str();
     if (kind == "S") {
