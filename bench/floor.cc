@@ -10,23 +10,21 @@
 #include <poll.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
-#include <deque>
 #include <functional>
 #include <future>
 #include <iostream>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "bench/bench_util.h"
 #include "grpcpp/grpcpp.h"
 #include "libpq-fe.h"
+#include "orchestrator/runtime/executor.h"
 #include "participants.grpc.pb.h"
 #include "pqxx/pqxx"
 
@@ -36,8 +34,18 @@ namespace {
 namespace pv1 = ::sagabench::participants::v1;
 using Clock = std::chrono::steady_clock;
 
+constexpr char kWriteSql[] = "INSERT INTO saga_floor_events (saga, seq, body) VALUES ($1, $2, $3)";
+
 double MsSince(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+pv1::StepRequest StepRequestFor(uint64_t order, int step) {
+  pv1::StepRequest request;
+  request.set_order_id(order);
+  request.set_amount(100 + static_cast<int64_t>(order % 9900));
+  request.set_idempotency_key(std::to_string(order) + ":" + std::to_string(step));
+  return request;
 }
 
 int Main(int argc, char** argv) {
@@ -69,20 +77,21 @@ int Main(int argc, char** argv) {
           "(saga bigint NOT NULL, seq int NOT NULL, body text NOT NULL, PRIMARY KEY (saga, seq))");
       setup.exec("TRUNCATE saga_floor_events");
     }
-    conn.prepare("floor_write",
-                 "INSERT INTO saga_floor_events (saga, seq, body) VALUES ($1, $2, $3)");
+    conn.prepare("floor_write", kWriteSql);
+    int backend = pqxx::nontransaction(conn).exec1("SELECT pg_backend_pid()")[0].as<int>();
 
-    const int backend = pqxx::nontransaction(conn).exec1("SELECT pg_backend_pid()")[0].as<int>();
-
+    // --spin-us: the writes go over a libpq connection of their own, driven asynchronously.
+    std::unique_ptr<PGconn, decltype(&PQfinish)> raw_conn(nullptr, &PQfinish);
     PGconn* raw = nullptr;
     if (spin_us > 0) {
-      raw = PQconnectdb(pg.c_str());
+      raw_conn.reset(PQconnectdb(pg.c_str()));
+      raw = raw_conn.get();
       if (PQstatus(raw) != CONNECTION_OK) throw std::runtime_error(PQerrorMessage(raw));
-      PGresult* r = PQprepare(raw, "floor_write",
-                              "INSERT INTO saga_floor_events (saga, seq, body) VALUES ($1, $2, $3)",
-                              3, nullptr);
-      PQclear(r);
-      PQsetnonblocking(raw, 1);
+      PGresult* prepared = PQprepare(raw, "floor_write", kWriteSql, 3, nullptr);
+      const bool ok = PQresultStatus(prepared) == PGRES_COMMAND_OK;
+      PQclear(prepared);
+      if (!ok || PQsetnonblocking(raw, 1) != 0) throw std::runtime_error(PQerrorMessage(raw));
+      backend = PQbackendPID(raw);
     }
     auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
     auto inventory = pv1::Inventory::NewStub(channel);
@@ -94,33 +103,8 @@ int Main(int argc, char** argv) {
                                   .count());
 
     // --hand-off: a writer thread that runs posted jobs (as sagad's committer does).
-    std::mutex mu;
-    std::condition_variable cv;
-    std::deque<std::function<void()>> jobs;
-    bool stop = false;
-    std::thread writer;
-    if (hand_off) {
-      writer = std::thread([&] {
-        for (;;) {
-          std::function<void()> job;
-          {
-            std::unique_lock<std::mutex> lock(mu);
-            cv.wait(lock, [&] { return stop || !jobs.empty(); });
-            if (jobs.empty()) return;
-            job = std::move(jobs.front());
-            jobs.pop_front();
-          }
-          job();
-        }
-      });
-    }
-    auto post = [&](std::function<void()> job) {
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        jobs.push_back(std::move(job));
-      }
-      cv.notify_one();
-    };
+    std::optional<runtime::Executor> writer;
+    if (hand_off) writer.emplace(1);
 
     std::vector<double> total, writes, calls;
     double backend_cpu = 0, self_cpu = 0;
@@ -164,10 +148,7 @@ int Main(int argc, char** argv) {
         if (measure) writes.push_back(MsSince(t));
       };
       auto call = [&](int step) {
-        pv1::StepRequest request;
-        request.set_order_id(order);
-        request.set_amount(100 + static_cast<int64_t>(order % 9900));
-        request.set_idempotency_key(std::to_string(order) + ":" + std::to_string(step));
+        const pv1::StepRequest request = StepRequestFor(order, step);
         pv1::StepReply reply;
         grpc::ClientContext context;
         const Clock::time_point t = Clock::now();
@@ -187,29 +168,34 @@ int Main(int argc, char** argv) {
         }
       } else {
         // write(0) on the writer; its end starts call 0 (callback API); the callback posts
-        // write(1) to the writer; and so on. The last write wakes this thread.
+        // write(1) to the writer; and so on. The last write, or a failure, wakes this thread.
         std::promise<void> done;
         struct AsyncCall {
           pv1::StepRequest request;
           pv1::StepReply reply;
           grpc::ClientContext context;
         };
-        std::function<void(int)> after_write;
-        after_write = [&](int step) {
+        std::function<void(int)> write_then_call;
+        write_then_call = [&](int step) {  // on the writer: write `step`, then call `step`
+          try {
+            write(step);
+          } catch (...) {
+            done.set_exception(std::current_exception());
+            return;
+          }
           if (step == 3) {
             done.set_value();
             return;
           }
           auto c = std::make_shared<AsyncCall>();
-          c->request.set_order_id(order);
-          c->request.set_amount(100 + static_cast<int64_t>(order % 9900));
-          c->request.set_idempotency_key(std::to_string(order) + ":" + std::to_string(step));
+          c->request = StepRequestFor(order, step);
           auto on_done = [&, c, step](grpc::Status status) {
-            if (!status.ok()) std::abort();
-            post([&, step] {
-              write(step + 1);
-              after_write(step + 1);
-            });
+            if (!status.ok()) {
+              done.set_exception(std::make_exception_ptr(
+                  std::runtime_error("participant call failed: " + status.error_message())));
+              return;
+            }
+            writer->Post([&, step] { write_then_call(step + 1); });
           };
           if (step == 0) {
             inventory->async()->Reserve(&c->context, &c->request, &c->reply, on_done);
@@ -219,22 +205,12 @@ int Main(int argc, char** argv) {
             shipping->async()->Schedule(&c->context, &c->request, &c->reply, on_done);
           }
         };
-        post([&] {
-          write(0);
-          after_write(0);
-        });
-        done.get_future().wait();
+        writer->Post([&] { write_then_call(0); });
+        done.get_future().get();
       }
       if (measure) total.push_back(MsSince(start));
     }
-    if (hand_off) {
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        stop = true;
-      }
-      cv.notify_all();
-      writer.join();
-    }
+    writer.reset();
     backend_cpu = ProcessTreeCpuSeconds(backend).value_or(0) - backend_cpu;
     self_cpu = SelfCpuSeconds() - self_cpu;
     {
