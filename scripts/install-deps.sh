@@ -4,7 +4,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgrpc++-dev libprotobuf-dev libprotoc-dev protobuf-compiler protobuf-compiler-grpc
-  libpqxx-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libcli11-dev
+  libpqxx-dev libpq-dev libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libcli11-dev
   libcpp-httplib-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql postgresql-contrib python3-yaml curl iproute2
 )
