@@ -336,17 +336,17 @@ class DelayQueue {
   }
   ~DelayQueue() { Stop(); }
 
-  void Add(Clock::time_point when, PendingAnswer* reactor, grpc::Status status) {
+  void Add(Clock::time_point when, PendingAnswer* answer, grpc::Status status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!stopped_) {
         const bool earliest = queue_.empty() || when < queue_.top().when;
-        queue_.push(Entry{when, seq_++, reactor, std::move(status)});
+        queue_.push(Entry{when, seq_++, answer, std::move(status)});
         if (earliest) wake_.notify_one();
         return;
       }
     }
-    reactor->Send(std::move(status));
+    answer->Send(std::move(status));
   }
 
   // Answers every pending call now and joins the threads. Idempotent.
@@ -365,7 +365,7 @@ class DelayQueue {
   struct Entry {
     Clock::time_point when;
     uint64_t seq;
-    PendingAnswer* reactor;
+    PendingAnswer* answer;
     // Mutable so that it can be moved out of the priority queue's const top().
     mutable grpc::Status status;
   };
@@ -388,11 +388,11 @@ class DelayQueue {
         wake_.wait_until(lock, when);
         continue;
       }
-      PendingAnswer* reactor = queue_.top().reactor;
+      PendingAnswer* answer = queue_.top().answer;
       grpc::Status status = std::move(queue_.top().status);
       queue_.pop();
       lock.unlock();
-      reactor->Send(std::move(status));
+      answer->Send(std::move(status));
       lock.lock();
     }
   }
