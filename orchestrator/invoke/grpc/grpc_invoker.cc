@@ -41,6 +41,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "orchestrator/rpc/completion_queue.h"
 
 namespace saga::invoke::grpc {
 namespace {
@@ -436,10 +437,6 @@ class Target {
 
 // One call in flight; its address is the completion-queue tag. Everything here must live until
 // the tag has been delivered.
-// Calls of Call() running on this thread: a call that gRPC fails inside UnaryCall completes
-// there, and its `done` must not run inside Call.
-thread_local int calls_in_progress_on_this_thread = 0;
-
 struct CallState {
   // Declared before `method`: destroyed after it.
   std::shared_ptr<const void> keep_alive;
@@ -449,6 +446,8 @@ struct CallState {
   ::grpc::ByteBuffer request;
   ::grpc::ByteBuffer response;
   ::grpc::Status status;
+  std::unique_ptr<::grpc::GenericClientAsyncResponseReader> reader;
+  rpc::FnTag finished;  // the call's one completion-queue operation: Finish
   std::atomic<bool> cancelled_for_shutdown{false};
 };
 
@@ -461,7 +460,14 @@ class GrpcInvoker::Impl {
   explicit Impl(GrpcInvokerOptions options)
       : credentials_(options.credentials != nullptr ? std::move(options.credentials)
                                                     : ::grpc::InsecureChannelCredentials()),
-        channels_per_target_(std::max(1, options.channels_per_target)) {
+        channels_per_target_(std::max(1, options.channels_per_target)),
+        cq_(options.completion_queue) {
+    if (cq_ == nullptr) {
+      own_cq_ = std::make_unique<::grpc::CompletionQueue>();
+      cq_ = own_cq_.get();
+      own_runner_ = std::make_unique<rpc::CqRunner>(cq_, 1, "saga-invoker");
+      own_runner_->Start();
+    }
     channel_args_.SetMaxReceiveMessageSize(
         options.max_receive_message_bytes > 0 ? options.max_receive_message_bytes : 4 << 20);
     if (channels_per_target_ > 1) {
@@ -506,6 +512,7 @@ class GrpcInvoker::Impl {
     if (completer.joinable()) {
       completer.join();
     }
+    if (own_runner_ != nullptr) own_runner_->ShutdownAndJoin();
   }
 
   void Call(CallRequest request, absl::AnyInvocable<void(CallResult) &&> done) {
@@ -570,15 +577,12 @@ class GrpcInvoker::Impl {
                            absl::UnavailableError("invoker is shutting down"));
     }
     state.reset();
-    // The callback API: gRPC runs the callback on the thread that read the reply (one of its
-    // pollers), so the answer reaches the caller without another thread hop.
-    ++calls_in_progress_on_this_thread;
-    stub->UnaryCall(&raw->context, raw->method->path, ::grpc::StubOptions(), &raw->request,
-                    &raw->response, [this, raw](::grpc::Status status) {
-                      raw->status = std::move(status);
-                      OnCallDone(raw);
-                    });
-    --calls_in_progress_on_this_thread;
+    // The reply is handled on the queue's thread that read it, without another thread hop;
+    // never inside Call, even when gRPC fails the call at once.
+    raw->finished.Set([this, raw](bool /*ok: always true for Finish*/) { OnCallDone(raw); });
+    raw->reader = stub->PrepareUnaryCall(&raw->context, raw->method->path, raw->request, cq_);
+    raw->reader->StartCall();
+    raw->reader->Finish(&raw->response, &raw->status, &raw->finished);
   }
 
  private:
@@ -589,17 +593,12 @@ class GrpcInvoker::Impl {
     CallResult result;
   };
 
-  // Runs on a gRPC thread, or inside UnaryCall when gRPC fails the call at once; `done` then
-  // goes to the completer thread, since it must never run inside Call.
+  // Runs on a thread of the completion queue's runner.
   void OnCallDone(CallState* state) {
     {
       CallResult result = MakeResult(*state, state->status);
       absl::AnyInvocable<void(CallResult)&&> done = std::move(state->done);
-      if (calls_in_progress_on_this_thread > 0) {
-        CompleteEarly(std::move(done), std::move(result));
-      } else {
-        std::move(done)(std::move(result));
-      }
+      std::move(done)(std::move(result));
     }
     std::shared_ptr<CallState> owned;
     {
@@ -767,6 +766,10 @@ class GrpcInvoker::Impl {
 
   const std::shared_ptr<::grpc::ChannelCredentials> credentials_;
   const int channels_per_target_;
+  ::grpc::CompletionQueue* cq_;
+  // Without a queue in the options: the invoker's own, with one thread.
+  std::unique_ptr<::grpc::CompletionQueue> own_cq_;
+  std::unique_ptr<rpc::CqRunner> own_runner_;
   ::grpc::ChannelArguments channel_args_;
   pb::util::JsonParseOptions parse_options_;
   pb::util::JsonPrintOptions print_options_;

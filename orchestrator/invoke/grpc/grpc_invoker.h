@@ -1,12 +1,9 @@
 // GrpcInvoker: the production Invoker. It calls participants' unary gRPC methods dynamically,
 // from descriptors only (no generated code): the request JSON is converted to protobuf wire
-// bytes with the method's input type, sent with grpc::GenericStub's callback API as an
+// bytes with the method's input type, sent with grpc::GenericStub's completion-queue API as an
 // asynchronous unary call, and the reply is rendered back to JSON with the output type.
-// (In Debian's gRPC 1.51 the callback API runs on a process-wide "alternative" queue whose
-// threads (cores/2, at least 2) pass events to each other and nap 100 ms after each idle second;
-// in tests 4 of 30 calls made after ~1 s idle waited 15-47 ms extra. A completion queue of the
-// invoker's own was measured instead and gained nothing while sagad's API also uses the callback
-// API: those threads still read the replies first (docs/performance.md).)
+// (Not gRPC 1.51's callback API: it runs on a process-wide "alternative" queue whose threads
+// (cores/2, at least 2) pass every event to each other and nap 100 ms after each idle second.)
 //
 // Results (CallResult::status):
 //   - OK: response_json holds the reply, proto field names, default values included; 64-bit
@@ -35,10 +32,10 @@
 // a new pool at a reused address is never confused with a dead one. Pass `keep_alive`: without
 // it, descriptors of pools other than the generated pool are not cached (slow path).
 //
-// Threads: calls use gRPC's callback API; `done` runs on the gRPC thread that read the reply
-// (no further thread hop). One more thread, started on the first such error, runs `done` for
-// errors found before calling (and for calls gRPC fails at once). No thread per call, channel
-// or target.
+// Threads: the reply is handled, and `done` runs, on the completion queue's thread that read it
+// (no further thread hop): the queue of the options, or the invoker's own with one thread. One
+// more thread, started on the first such error, runs `done` for errors found before calling.
+// No thread per call, channel or target.
 //
 // Thread-safety: Call may be invoked concurrently from any thread. `done` runs exactly once, on
 // one of the invoker's threads, never inside Call and never while the invoker holds a lock; it
@@ -52,6 +49,7 @@
 
 namespace grpc {
 class ChannelCredentials;
+class CompletionQueue;
 }  // namespace grpc
 
 namespace saga::invoke::grpc {
@@ -64,6 +62,11 @@ struct GrpcInvokerOptions {
   std::shared_ptr<::grpc::ChannelCredentials> credentials;
   // Channels (each with its own connection) per target, used round-robin. Values < 1 mean 1.
   int channels_per_target = 1;
+  // The completion queue that calls complete on; its events must be run by a
+  // saga::rpc::CqRunner (sagad passes its server's queue, so that one thread handles the API
+  // and the replies). It must outlive the invoker. Null: the invoker makes its own queue and
+  // runs it on one thread of its own.
+  ::grpc::CompletionQueue* completion_queue = nullptr;
 };
 
 class GrpcInvoker final : public saga::invoke::Invoker {
