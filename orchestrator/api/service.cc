@@ -1,6 +1,7 @@
 #include "orchestrator/api/service.h"
 
 #include <deque>
+#include <functional>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -11,6 +12,7 @@
 #include "orchestrator/common/status_macros.h"
 #include "orchestrator/definition/hash.h"
 #include "orchestrator/definition/loader.h"
+#include "orchestrator/rpc/completion_queue.h"
 
 namespace saga::api {
 namespace {
@@ -361,26 +363,22 @@ absl::Status SagaService::DoRegister(const saga::v1::RegisterDefinitionRequest& 
   return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* SagaService::RegisterDefinition(
-    grpc::CallbackServerContext* ctx, const saga::v1::RegisterDefinitionRequest* request,
-    saga::v1::RegisterDefinitionResponse* response) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::RegisterDefinition(Responder* reactor,
+                                     const saga::v1::RegisterDefinitionRequest* request,
+                                     saga::v1::RegisterDefinitionResponse* response) {
   db_.Post([this, reactor, request, response] {
     reactor->Finish(ToGrpcStatus(
         UnknownOutcome(DoRegister(*request, response), "the definition", true,
                        "registering it again is safe: the same content returns the same version")));
   });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* SagaService::GetDefinition(grpc::CallbackServerContext* ctx,
-                                                     const saga::v1::GetDefinitionRequest* request,
-                                                     saga::v1::DefinitionInfo* response) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::GetDefinition(Responder* reactor, const saga::v1::GetDefinitionRequest* request,
+                                saga::v1::DefinitionInfo* response) {
   if (request->name().empty() || request->version() < 0) {
     reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError(
         request->name().empty() ? "name: required" : "version: must be >= 0 (0 = latest)")));
-    return reactor;
+    return;
   }
   db_.Post([this, reactor, request, response] {
     absl::StatusOr<store::DefinitionRecord> record =
@@ -388,13 +386,11 @@ grpc::ServerUnaryReactor* SagaService::GetDefinition(grpc::CallbackServerContext
     if (record.ok()) FillDefinitionInfo(*record, response);
     reactor->Finish(ToGrpcStatus(record.status()));
   });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* SagaService::ListDefinitions(
-    grpc::CallbackServerContext* ctx, const saga::v1::ListDefinitionsRequest* /*request*/,
-    saga::v1::ListDefinitionsResponse* response) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::ListDefinitions(Responder* reactor,
+                                  const saga::v1::ListDefinitionsRequest* /*request*/,
+                                  saga::v1::ListDefinitionsResponse* response) {
   db_.Post([this, reactor, response] {
     absl::StatusOr<std::vector<store::DefinitionRecord>> records = store_->ListDefinitions();
     if (records.ok()) {
@@ -402,47 +398,44 @@ grpc::ServerUnaryReactor* SagaService::ListDefinitions(
     }
     reactor->Finish(ToGrpcStatus(records.status()));
   });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* SagaService::StartSaga(grpc::CallbackServerContext* ctx,
-                                                 const saga::v1::StartSagaRequest* request,
-                                                 saga::v1::StartSagaResponse* response) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::StartSaga(Responder* reactor, const saga::v1::StartSagaRequest* request,
+                            saga::v1::StartSagaResponse* response) {
   auto fail = [reactor](absl::Status s) { reactor->Finish(ToGrpcStatus(s)); };
   if (draining_.load() || !runtime_->accepting()) {
     fail(absl::UnavailableError("sagad is shutting down; retry on another replica"));
-    return reactor;
+    return;
   }
   if (request->definition().empty()) {
     fail(absl::InvalidArgumentError("definition: required"));
-    return reactor;
+    return;
   }
   if (request->version() < 0) {
     fail(absl::InvalidArgumentError("version: must be >= 0 (0 = latest)"));
-    return reactor;
+    return;
   }
   if (absl::Status s = ValidateIdempotencyKey(request->idempotency_key()); !s.ok()) {
     fail(s);
-    return reactor;
+    return;
   }
   if (!request->traceparent().empty()) {
     if (absl::Status s = ValidateTraceparent(request->traceparent()); !s.ok()) {
       fail(s);
-      return reactor;
+      return;
     }
   }
   absl::StatusOr<nlohmann::json> input = ParseInput(request->input_json());
   if (!input.ok()) {
     fail(input.status());
-    return reactor;
+    return;
   }
   // The definition usually comes from the registry's cache: then the saga starts on this
   // thread. Otherwise the registry reads the database, which must not block a gRPC thread.
   if (runtime::DefinitionPtr def =
           registry_->GetCached(request->definition(), request->version())) {
     Start(std::move(def), *std::move(input), request, reactor, response);
-    return reactor;
+    return;
   }
   db_.Post([this, reactor, request, response, input = *std::move(input)]() mutable {
     absl::StatusOr<runtime::DefinitionPtr> def =
@@ -453,12 +446,11 @@ grpc::ServerUnaryReactor* SagaService::StartSaga(grpc::CallbackServerContext* ct
     }
     Start(*std::move(def), std::move(input), request, reactor, response);
   });
-  return reactor;
 }
 
 void SagaService::Start(runtime::DefinitionPtr def, nlohmann::json input,
-                        const saga::v1::StartSagaRequest* request,
-                        grpc::ServerUnaryReactor* reactor, saga::v1::StartSagaResponse* response) {
+                        const saga::v1::StartSagaRequest* request, Responder* reactor,
+                        saga::v1::StartSagaResponse* response) {
   runtime::StartRequest start;
   start.definition = std::move(def);
   start.input_json = input.dump();
@@ -495,8 +487,7 @@ void SagaService::Start(runtime::DefinitionPtr def, nlohmann::json input,
 
 // Answers `reactor` once the saga's terminal event is recorded. The subscription comes first,
 // so no event is missed; a saga started elsewhere may have ended already: the store says.
-void SagaService::AwaitEnd(const std::string& saga_id, bool check_store,
-                           grpc::ServerUnaryReactor* reactor,
+void SagaService::AwaitEnd(const std::string& saga_id, bool check_store, Responder* reactor,
                            saga::v1::StartSagaResponse* response) {
   struct Waiter {
     std::mutex mu;
@@ -630,20 +621,15 @@ absl::Status SagaService::DoGetSaga(const saga::v1::GetSagaRequest& request, sag
   return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* SagaService::GetSaga(grpc::CallbackServerContext* ctx,
-                                               const saga::v1::GetSagaRequest* request,
-                                               saga::v1::Saga* response) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::GetSaga(Responder* reactor, const saga::v1::GetSagaRequest* request,
+                          saga::v1::Saga* response) {
   db_.Post([this, reactor, request, response] {
     reactor->Finish(ToGrpcStatus(DoGetSaga(*request, response)));
   });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* SagaService::ListSagas(grpc::CallbackServerContext* ctx,
-                                                 const saga::v1::ListSagasRequest* request,
-                                                 saga::v1::ListSagasResponse* response) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::ListSagas(Responder* reactor, const saga::v1::ListSagasRequest* request,
+                            saga::v1::ListSagasResponse* response) {
   store::ListFilter filter;
   absl::Status status;
   if (request->page_size() < 0 || request->page_size() > kMaxPageSize) {
@@ -680,7 +666,7 @@ grpc::ServerUnaryReactor* SagaService::ListSagas(grpc::CallbackServerContext* ct
   }
   if (!status.ok()) {
     reactor->Finish(ToGrpcStatus(status));
-    return reactor;
+    return;
   }
   db_.Post([this, reactor, response, filter]() mutable {
     store::ListFilter probe = filter;
@@ -696,13 +682,10 @@ grpc::ServerUnaryReactor* SagaService::ListSagas(grpc::CallbackServerContext* ct
     }
     reactor->Finish(ToGrpcStatus(rows.status()));
   });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* SagaService::AbortSaga(grpc::CallbackServerContext* ctx,
-                                                 const saga::v1::AbortSagaRequest* request,
-                                                 saga::v1::AbortSagaResponse* /*response*/) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::AbortSaga(Responder* reactor, const saga::v1::AbortSagaRequest* request,
+                            saga::v1::AbortSagaResponse* /*response*/) {
   absl::Status status = ValidateSagaId(request->saga_id());
   if (status.ok() && request->reason().size() > kMaxReasonBytes) {
     status = absl::InvalidArgumentError(absl::StrCat("reason: longer than ", kMaxReasonBytes));
@@ -712,7 +695,7 @@ grpc::ServerUnaryReactor* SagaService::AbortSaga(grpc::CallbackServerContext* ct
   }
   if (!status.ok()) {
     reactor->Finish(ToGrpcStatus(status));
-    return reactor;
+    return;
   }
   db_.Post([this, reactor, request] {
     const std::string reason =
@@ -722,16 +705,13 @@ grpc::ServerUnaryReactor* SagaService::AbortSaga(grpc::CallbackServerContext* ct
     reactor->Finish(ToGrpcStatus(UnknownOutcome(row.status(), "the abort request", true,
                                                 "requesting the abort again is safe")));
   });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* SagaService::RetrySaga(grpc::CallbackServerContext* ctx,
-                                                 const saga::v1::RetrySagaRequest* request,
-                                                 saga::v1::RetrySagaResponse* /*response*/) {
-  auto* reactor = ctx->DefaultReactor();
+void SagaService::RetrySaga(Responder* reactor, const saga::v1::RetrySagaRequest* request,
+                            saga::v1::RetrySagaResponse* /*response*/) {
   if (absl::Status s = ValidateSagaId(request->saga_id()); !s.ok()) {
     reactor->Finish(ToGrpcStatus(s));
-    return reactor;
+    return;
   }
   db_.Post([this, reactor, request] {
     absl::StatusOr<store::SagaRow> row = store_->RequestRetry(request->saga_id());
@@ -742,16 +722,52 @@ grpc::ServerUnaryReactor* SagaService::RetrySaga(grpc::CallbackServerContext* ct
         UnknownOutcome(row.status(), "the retry request", false,
                        "GetSaga tells whether the saga left FAILED before you retry again")));
   });
-  return reactor;
 }
 
-// Streams a saga's events in order, without gaps: history from the store first, then events
-// as the hub delivers them (from this replica at once, from others by polling). Deletes itself
-// when gRPC is done with it and its history read has returned.
-class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1::SagaEvent> {
+// One WatchSaga call: streams a saga's events in order, without gaps: history from the store
+// first, then events as the hub delivers them (from this replica at once, from others by
+// polling). At most one write is in flight. Frees itself once every operation given to gRPC
+// has come back and its history read has returned.
+class SagaService::WatchCall final : public rpc::Tag {
  public:
-  WatchReactor(SagaService* service, std::string saga_id, int64_t after_seq)
-      : service_(service), saga_id_(std::move(saga_id)), next_seq_(after_seq + 1) {}
+  static void Listen(SagaService* service, grpc::ServerCompletionQueue* cq) {
+    auto* call = new WatchCall(service, cq);
+    call->ctx_.AsyncNotifyWhenDone(&call->done_tag_);
+    if (!service->StartOp([&] {
+          service->async_.RequestWatchSaga(&call->ctx_, &call->request_, &call->writer_, cq, cq,
+                                           static_cast<rpc::Tag*>(call));
+        })) {
+      delete call;
+    }
+  }
+
+  // The call arrived, or (!ok) the server is shutting down and it never will: then gRPC
+  // returns nothing else of it.
+  void Proceed(bool ok) override {
+    if (!ok) {
+      delete this;
+      return;
+    }
+    Listen(service_, cq_);
+    absl::Status s = ValidateSagaId(request_.saga_id());
+    if (!s.ok() || request_.after_seq() < 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      refs_ = 1;  // the done notification
+      FinishLocked(
+          ToGrpcStatus(s.ok() ? absl::InvalidArgumentError("after_seq: must be >= 0") : s));
+      return;
+    }
+    saga_id_ = request_.saga_id();
+    next_seq_ = request_.after_seq() + 1;
+    Begin();
+  }
+
+ private:
+  WatchCall(SagaService* service, grpc::ServerCompletionQueue* cq)
+      : service_(service), cq_(cq), writer_(&ctx_) {
+    op_tag_.Set([this](bool ok) { OnOpDone(ok); });
+    done_tag_.Set([this](bool /*ok*/) { OnDone(); });
+  }
 
   void Begin() {
     token_ = service_->hub_.Subscribe(
@@ -789,30 +805,35 @@ class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1
     });
   }
 
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    if (final_write_) return;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
-    } else if (stop_) {
-      CallFinishLocked();
-    } else {
-      PumpLocked();
+  // A write or the finish came back.
+  void OnOpDone(bool ok) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!finish_called_) {
+        if (!ok) {
+          FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+        } else if (stop_) {
+          CallFinishLocked();
+        } else {
+          PumpLocked();
+        }
+      }
     }
-  }
-
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
-  }
-
-  void OnDone() override {
-    service_->hub_.Unsubscribe(token_);  // no hub callback runs after this returns
     Release();
   }
 
- private:
+  // The call is over: answered, or cancelled by the client or by the server's shutdown.
+  void OnDone() {
+    if (ctx_.IsCancelled()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+    }
+    // Outside mu_, which the hub's callback takes; no callback runs after this returns.
+    if (token_ != 0) service_->hub_.Unsubscribe(token_);
+    Release();
+  }
+
   void Release() {
     bool last;
     {
@@ -852,13 +873,21 @@ class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1
     const bool terminal = engine::IsTerminalEvent(it->second.type);
     pending_.erase(it);
     next_seq_++;
-    writing_ = true;
     if (terminal) {
       stop_ = true;
-      final_write_ = true;
-      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+      finish_called_ = true;
+    }
+    writing_ = service_->StartOp([&] {
+      if (terminal) {
+        writer_.WriteAndFinish(out_, grpc::WriteOptions(), grpc::Status::OK, &op_tag_);
+      } else {
+        writer_.Write(out_, &op_tag_);
+      }
+    });
+    if (writing_) {
+      ++refs_;
     } else {
-      StartWrite(&out_);
+      stop_ = true;  // the service is shut down: the call is cancelled already
     }
   }
 
@@ -872,43 +901,137 @@ class SagaService::WatchReactor final : public grpc::ServerWriteReactor<saga::v1
   void CallFinishLocked() {
     if (finish_called_) return;
     finish_called_ = true;
-    Finish(finish_status_);
+    if (service_->StartOp([&] { writer_.Finish(finish_status_, &op_tag_); })) ++refs_;
   }
 
   SagaService* service_;
+  grpc::ServerCompletionQueue* cq_;
+  grpc::ServerContext ctx_;
+  saga::v1::WatchSagaRequest request_;
+  grpc::ServerAsyncWriter<saga::v1::SagaEvent> writer_;
+  rpc::FnTag op_tag_;    // the write or finish in flight
+  rpc::FnTag done_tag_;  // the call is over
   std::string saga_id_;
   int64_t token_ = 0;
   std::mutex mu_;
-  int refs_ = 2;  // gRPC (until OnDone) and the history read
+  // Operations not yet returned: the done notification, the history read, the write or finish
+  // in flight.
+  int refs_ = 2;
   runtime::DefinitionPtr def_;
   engine::SagaState state_;
   std::map<int64_t, engine::Event> history_;  // before next_seq_, folded into state_ only
   std::map<int64_t, engine::Event> pending_;  // to send
   std::map<int64_t, engine::Event> early_;    // arrived before the history was read
-  int64_t next_seq_;
+  int64_t next_seq_ = 1;
   int64_t applied_seq_ = 0;
   bool writing_ = false;
   bool stop_ = false;
-  bool final_write_ = false;
   bool finish_called_ = false;
   grpc::Status finish_status_;
   saga::v1::SagaEvent out_;
 };
 
-grpc::ServerWriteReactor<saga::v1::SagaEvent>* SagaService::WatchSaga(
-    grpc::CallbackServerContext* /*ctx*/, const saga::v1::WatchSagaRequest* request) {
-  if (absl::Status s = ValidateSagaId(request->saga_id()); !s.ok() || request->after_seq() < 0) {
-    class Failed final : public grpc::ServerWriteReactor<saga::v1::SagaEvent> {
-     public:
-      explicit Failed(grpc::Status s) { Finish(std::move(s)); }
-      void OnDone() override { delete this; }
-    };
-    return new Failed(
-        ToGrpcStatus(s.ok() ? absl::InvalidArgumentError("after_seq: must be >= 0") : s));
+namespace {
+
+// One unary call of a method: requested on the queue, handed to its handler when it arrives
+// (when the next call of the method is requested), freed once its answer has been sent.
+template <typename Request, typename Response>
+class UnaryCall final : public rpc::Tag, public Responder {
+ public:
+  using Writer = grpc::ServerAsyncResponseWriter<Response>;
+  using RequestFn = std::function<void(grpc::ServerContext*, Request*, Writer*,
+                                       grpc::ServerCompletionQueue*, void*)>;
+  using Handler = void (SagaService::*)(Responder*, const Request*, Response*);
+
+  static void Listen(SagaService* service, grpc::ServerCompletionQueue* cq, RequestFn request,
+                     Handler handler) {
+    auto* call = new UnaryCall(service, cq, std::move(request), handler);
+    if (!service->StartOp([&] {
+          call->request_fn_(&call->ctx_, &call->request_, &call->writer_, cq,
+                            static_cast<rpc::Tag*>(call));
+        })) {
+      delete call;
+    }
   }
-  auto* reactor = new WatchReactor(this, request->saga_id(), request->after_seq());
-  reactor->Begin();
-  return reactor;
+
+  void Proceed(bool ok) override {
+    if (answering_ || !ok) {  // answered, or the server shuts down before the call came
+      delete this;
+      return;
+    }
+    answering_ = true;
+    Listen(service_, cq_, request_fn_, handler_);
+    (service_->*handler_)(this, &request_, &response_);  // may free this (Finish)
+  }
+
+  void Finish(const grpc::Status& status) override {
+    if (!service_->StartOp(
+            [&] { writer_.Finish(response_, status, static_cast<rpc::Tag*>(this)); })) {
+      delete this;  // the server is shut down and has cancelled the call
+    }
+  }
+
+ private:
+  UnaryCall(SagaService* service, grpc::ServerCompletionQueue* cq, RequestFn request,
+            Handler handler)
+      : service_(service),
+        cq_(cq),
+        request_fn_(std::move(request)),
+        handler_(handler),
+        writer_(&ctx_) {}
+
+  SagaService* service_;
+  grpc::ServerCompletionQueue* cq_;
+  RequestFn request_fn_;
+  Handler handler_;
+  grpc::ServerContext ctx_;
+  Request request_;
+  Response response_;
+  Writer writer_;
+  bool answering_ = false;
+};
+
+// Listens for calls of one unary method: `request` is the generated service's RequestFoo.
+template <typename Request, typename Response, typename RequestMember>
+void ListenUnary(SagaService* service, grpc::ServerCompletionQueue* cq, RequestMember request,
+                 void (SagaService::*handler)(Responder*, const Request*, Response*)) {
+  saga::v1::SagaOrchestrator::AsyncService* async = service->async_service();
+  UnaryCall<Request, Response>::Listen(
+      service, cq,
+      [async, request](grpc::ServerContext* ctx, Request* req,
+                       grpc::ServerAsyncResponseWriter<Response>* writer,
+                       grpc::ServerCompletionQueue* queue,
+                       void* tag) { (async->*request)(ctx, req, writer, queue, queue, tag); },
+      handler);
+}
+
+}  // namespace
+
+void SagaService::Register(grpc::ServerBuilder& builder) { builder.RegisterService(&async_); }
+
+bool SagaService::StartOp(absl::FunctionRef<void()> start) {
+  absl::ReaderMutexLock lock(&ops_mu_);
+  if (closed_) return false;
+  start();
+  return true;
+}
+
+void SagaService::Shutdown() {
+  absl::MutexLock lock(&ops_mu_);
+  closed_ = true;
+}
+
+void SagaService::Start(grpc::ServerCompletionQueue* cq) {
+  using Async = saga::v1::SagaOrchestrator::AsyncService;
+  ListenUnary(this, cq, &Async::RequestRegisterDefinition, &SagaService::RegisterDefinition);
+  ListenUnary(this, cq, &Async::RequestGetDefinition, &SagaService::GetDefinition);
+  ListenUnary(this, cq, &Async::RequestListDefinitions, &SagaService::ListDefinitions);
+  ListenUnary(this, cq, &Async::RequestStartSaga, &SagaService::StartSaga);
+  ListenUnary(this, cq, &Async::RequestGetSaga, &SagaService::GetSaga);
+  ListenUnary(this, cq, &Async::RequestListSagas, &SagaService::ListSagas);
+  ListenUnary(this, cq, &Async::RequestAbortSaga, &SagaService::AbortSaga);
+  ListenUnary(this, cq, &Async::RequestRetrySaga, &SagaService::RetrySaga);
+  WatchCall::Listen(this, cq);
 }
 
 }  // namespace saga::api

@@ -1,6 +1,6 @@
 // The gRPC service saga.v1.SagaOrchestrator: validates requests, calls the registry, the
 // runtime and the store, maps results to protos and errors to gRPC codes. Blocking database
-// work runs on the service's own worker threads, never on gRPC threads.
+// work runs on the service's own worker threads, never on the completion queue's threads.
 // Thread-safe.
 #pragma once
 
@@ -13,8 +13,12 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/completion_queue.h"
+#include "grpcpp/server_builder.h"
 #include "orchestrator/runtime/executor.h"
 #include "orchestrator/runtime/registry.h"
 #include "orchestrator/runtime/runtime.h"
@@ -95,43 +99,62 @@ struct ServiceOptions {
   absl::Duration watch_poll_interval = absl::Milliseconds(500);
 };
 
-class SagaService final : public saga::v1::SagaOrchestrator::CallbackService {
+// The answer side of a unary call: Finish sends the response (filled in by then) with
+// `status`. Callable from any thread, once.
+class Responder {
+ public:
+  virtual void Finish(const grpc::Status& status) = 0;
+
+ protected:
+  ~Responder() = default;
+};
+
+// Served with gRPC's completion-queue API: Register before the server is built, Start once it
+// runs, with the queue whose events sagad's own threads take (saga::rpc::CqRunner). Each call
+// is handled on the queue's thread that read it; blocking database work goes to the service's
+// worker threads.
+class SagaService final {
  public:
   SagaService(ServiceOptions options, store::Store* store, runtime::DefinitionRegistry* registry,
               runtime::Runtime* runtime);
-  ~SagaService() override;
+  ~SagaService();
+
+  void Register(grpc::ServerBuilder& builder);
+  // Accepts calls from now on: one call of each method is requested at a time, and the next
+  // one as soon as it arrives. `cq` must be a queue of the server that Register was given to.
+  void Start(grpc::ServerCompletionQueue* cq);
 
   // Stops serving new work (StartSaga answers UNAVAILABLE).
   void SetDraining() { draining_ = true; }
+  // After the server's Shutdown, before the queue's: from now on no operation is started on
+  // the queue (gRPC aborts on one started while the queue drains). Calls still unanswered are
+  // dropped: the server has cancelled them already.
+  void Shutdown();
+  // Runs `start`, which starts one gRPC operation on the queue, unless Shutdown has run; says
+  // whether it ran.
+  bool StartOp(absl::FunctionRef<void()> start);
 
   EventHub& hub() { return hub_; }
 
-  grpc::ServerUnaryReactor* RegisterDefinition(
-      grpc::CallbackServerContext* ctx, const saga::v1::RegisterDefinitionRequest* request,
-      saga::v1::RegisterDefinitionResponse* response) override;
-  grpc::ServerUnaryReactor* GetDefinition(grpc::CallbackServerContext* ctx,
-                                          const saga::v1::GetDefinitionRequest* request,
-                                          saga::v1::DefinitionInfo* response) override;
-  grpc::ServerUnaryReactor* ListDefinitions(grpc::CallbackServerContext* ctx,
-                                            const saga::v1::ListDefinitionsRequest* request,
-                                            saga::v1::ListDefinitionsResponse* response) override;
-  grpc::ServerUnaryReactor* StartSaga(grpc::CallbackServerContext* ctx,
-                                      const saga::v1::StartSagaRequest* request,
-                                      saga::v1::StartSagaResponse* response) override;
-  grpc::ServerUnaryReactor* GetSaga(grpc::CallbackServerContext* ctx,
-                                    const saga::v1::GetSagaRequest* request,
-                                    saga::v1::Saga* response) override;
-  grpc::ServerUnaryReactor* ListSagas(grpc::CallbackServerContext* ctx,
-                                      const saga::v1::ListSagasRequest* request,
-                                      saga::v1::ListSagasResponse* response) override;
-  grpc::ServerUnaryReactor* AbortSaga(grpc::CallbackServerContext* ctx,
-                                      const saga::v1::AbortSagaRequest* request,
-                                      saga::v1::AbortSagaResponse* response) override;
-  grpc::ServerUnaryReactor* RetrySaga(grpc::CallbackServerContext* ctx,
-                                      const saga::v1::RetrySagaRequest* request,
-                                      saga::v1::RetrySagaResponse* response) override;
-  grpc::ServerWriteReactor<saga::v1::SagaEvent>* WatchSaga(
-      grpc::CallbackServerContext* ctx, const saga::v1::WatchSagaRequest* request) override;
+  // The handlers, one per method: `request` and `response` live until `responder` finishes.
+  void RegisterDefinition(Responder* reactor, const saga::v1::RegisterDefinitionRequest* request,
+                          saga::v1::RegisterDefinitionResponse* response);
+  void GetDefinition(Responder* reactor, const saga::v1::GetDefinitionRequest* request,
+                     saga::v1::DefinitionInfo* response);
+  void ListDefinitions(Responder* reactor, const saga::v1::ListDefinitionsRequest* request,
+                       saga::v1::ListDefinitionsResponse* response);
+  void StartSaga(Responder* reactor, const saga::v1::StartSagaRequest* request,
+                 saga::v1::StartSagaResponse* response);
+  void GetSaga(Responder* reactor, const saga::v1::GetSagaRequest* request,
+               saga::v1::Saga* response);
+  void ListSagas(Responder* reactor, const saga::v1::ListSagasRequest* request,
+                 saga::v1::ListSagasResponse* response);
+  void AbortSaga(Responder* reactor, const saga::v1::AbortSagaRequest* request,
+                 saga::v1::AbortSagaResponse* response);
+  void RetrySaga(Responder* reactor, const saga::v1::RetrySagaRequest* request,
+                 saga::v1::RetrySagaResponse* response);
+
+  saga::v1::SagaOrchestrator::AsyncService* async_service() { return &async_; }
 
   // Request logic, callable without a server (blocking).
   absl::Status DoRegister(const saga::v1::RegisterDefinitionRequest& request,
@@ -142,18 +165,21 @@ class SagaService final : public saga::v1::SagaOrchestrator::CallbackService {
   runtime::DefinitionRegistry* registry() { return registry_; }
 
  private:
-  class WatchReactor;
+  class WatchCall;
   void Start(runtime::DefinitionPtr def, nlohmann::json input,
-             const saga::v1::StartSagaRequest* request, grpc::ServerUnaryReactor* reactor,
+             const saga::v1::StartSagaRequest* request, Responder* reactor,
              saga::v1::StartSagaResponse* response);
-  void AwaitEnd(const std::string& saga_id, bool check_store, grpc::ServerUnaryReactor* reactor,
+  void AwaitEnd(const std::string& saga_id, bool check_store, Responder* reactor,
                 saga::v1::StartSagaResponse* response);
 
+  saga::v1::SagaOrchestrator::AsyncService async_;
   ServiceOptions options_;
   store::Store* store_;
   runtime::DefinitionRegistry* registry_;
   runtime::Runtime* runtime_;
   std::atomic<bool> draining_{false};
+  absl::Mutex ops_mu_;  // shared while an operation starts, exclusive to close
+  bool closed_ ABSL_GUARDED_BY(ops_mu_) = false;
   EventHub hub_;
   runtime::Executor db_;
 };

@@ -245,6 +245,9 @@ std::vector<Setting> MakeSettings() {
                           2, 1, 64, &Config::committers));
   s.push_back(int_setting("workers", "SAGA_WORKERS", "threads running saga decisions", 2, 1, 256,
                           &Config::workers));
+  s.push_back(int_setting("rpc-threads", "SAGA_RPC_THREADS",
+                          "threads handling gRPC events (API calls, participants' replies)", 1, 1,
+                          64, &Config::rpc_threads));
   s.push_back(int_setting("max-active", "SAGA_MAX_ACTIVE", "sagas held in memory at most", 20000, 1,
                           10000000, &Config::max_active));
   s.push_back({.name = "metrics-listen",

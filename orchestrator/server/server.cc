@@ -8,17 +8,18 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "orchestrator/api/service.h"
 #include "orchestrator/common/status_macros.h"
 #include "orchestrator/definition/loader.h"
 #include "orchestrator/invoke/grpc/grpc_invoker.h"
+#include "orchestrator/rpc/completion_queue.h"
 #include "orchestrator/runtime/registry.h"
 #include "orchestrator/runtime/runtime.h"
+#include "orchestrator/server/health_service.h"
 #include "orchestrator/server/ops_metrics.h"
+#include "orchestrator/server/reflection_service.h"
 #include "orchestrator/store/pg/pg_listener.h"
 #include "orchestrator/store/pg/pg_store.h"
 #include "spdlog/spdlog.h"
@@ -95,8 +96,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   SAGA_ASSIGN_OR_RETURN(s->store_, store::pg::PgStore::Create(store_options));
   s->metrics_->ObserveStore(s->store_.get());
 
+  // The server's completion queue comes first: the invoker's calls complete on it too.
+  ::grpc::ServerBuilder builder;
+  s->cq_ = builder.AddCompletionQueue();
+
   invoke::grpc::GrpcInvokerOptions invoker_options;
   invoker_options.max_receive_message_bytes = config.max_message_bytes;
+  invoker_options.completion_queue = s->cq_.get();
   s->invoker_ = invoke::grpc::GrpcInvoker::Create(invoker_options);
 
   s->registry_ = std::make_unique<runtime::DefinitionRegistry>(s->store_.get(), config.proto_path);
@@ -127,12 +133,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
         service->hub().Publish(id, events);
       });
 
-  ::grpc::EnableDefaultHealthCheckService(true);
-  ::grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  ::grpc::ServerBuilder builder;
+  // Every service on the completion queue: none of gRPC's callback API (the built-in health
+  // service) or sync API (the reflection plugin), whose threads would read the queue's events
+  // first and pass them on.
+  s->health_ = std::make_unique<HealthService>();
+  s->health_->SetServiceNames({std::string(saga::v1::SagaOrchestrator::service_full_name())});
+  s->reflection_ = std::make_unique<ReflectionService>(std::vector<std::string>{
+      saga::v1::SagaOrchestrator::service_full_name(), "grpc.health.v1.Health",
+      "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"});
+  s->health_->Register(builder);
+  s->reflection_->Register(builder);
   builder.AddListeningPort(config.listen, ::grpc::InsecureServerCredentials(), &s->port_);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
-  builder.RegisterService(s->service_.get());
+  s->service_->Register(builder);
   std::vector<std::unique_ptr<::grpc::experimental::ServerInterceptorFactoryInterface>> creators;
   creators.push_back(s->metrics_->NewInterceptorFactory());
   builder.experimental().SetInterceptorCreators(std::move(creators));
@@ -140,9 +153,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   if (s->grpc_server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
+  s->service_->Start(s->cq_.get());
+  s->health_->Start(s->cq_.get());
+  s->reflection_->Start(s->cq_.get());
+  s->cq_runner_ = std::make_unique<rpc::CqRunner>(s->cq_.get(), config.rpc_threads, "sagad-rpc");
+  s->cq_runner_->Start();
   s->runtime_->Start();
   s->serving_ = true;
-  s->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  s->health_->SetServing(true);
 
   absl::StatusOr<std::unique_ptr<store::pg::PgListener>> listener =
       store::pg::PgListener::Create(config.database_url, "saga_wake");
@@ -182,7 +200,7 @@ void Server::HealthLoop() {
     if (ok != healthy) {
       healthy = ok;
       spdlog::warn("database {}", ok ? "reachable again: SERVING" : "unreachable: NOT_SERVING");
-      if (serving_.load()) grpc_server_->GetHealthCheckService()->SetServingStatus(ok);
+      if (serving_.load()) health_->SetServing(ok);
     }
   }
 }
@@ -194,15 +212,25 @@ void Server::Shutdown(absl::Duration drain) {
     spdlog::info("sagad draining (up to {}s)", absl::ToDoubleSeconds(drain));
   }
   serving_ = false;
-  if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  if (health_ != nullptr) health_->SetServing(false);
   if (service_ != nullptr) service_->SetDraining();
   if (runtime_ != nullptr) runtime_->Stop(drain);
   stop_ = true;
   if (health_thread_.joinable()) health_thread_.join();
   if (listener_thread_.joinable()) listener_thread_.join();
+  // Open health watches and reflection streams would hold the server's Shutdown until its
+  // deadline.
+  if (health_ != nullptr) health_->Shutdown();
+  if (reflection_ != nullptr) reflection_->Shutdown();
   if (grpc_server_ != nullptr) {
     grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   }
+  // The queue's last events: no more answers, participant calls still in flight are
+  // cancelled, then the queue drains (every call not yet arrived completes with ok = false) and
+  // its threads end.
+  if (service_ != nullptr) service_->Shutdown();
+  if (invoker_ != nullptr) invoker_->Shutdown();
+  if (cq_runner_ != nullptr) cq_runner_->ShutdownAndJoin();
   if (store_ != nullptr) store_->Shutdown();
   if (metrics_http_ != nullptr) metrics_http_->Stop();  // its metrics read the store and runtime
   if (grpc_server_ != nullptr) spdlog::info("sagad stopped");

@@ -17,6 +17,11 @@
 
 namespace grpc {
 class Server;
+class ServerCompletionQueue;
+}  // namespace grpc
+
+namespace saga::rpc {
+class CqRunner;
 }
 
 namespace saga::store::pg {
@@ -52,6 +57,8 @@ struct Config {
   int db_pool_size = 8;
   int committers = 2;
   int workers = 2;
+  // Threads taking the gRPC completion queue's events: API calls and participants' replies.
+  int rpc_threads = 1;
   int api_workers = 8;
   int max_active = 20000;
   int max_message_bytes = 4 << 20;
@@ -68,6 +75,8 @@ std::string_view Version();
 
 class SagaMetrics;
 class MetricsHttpServer;
+class HealthService;
+class ReflectionService;
 
 class Server {
  public:
@@ -103,12 +112,18 @@ class Server {
   // Declared first: outlives the runtime (its observer) and the gRPC server (interceptors).
   std::unique_ptr<SagaMetrics> metrics_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
+  // Before the gRPC server: destroyed after it. The API's calls and the participants' replies
+  // complete on it.
+  std::unique_ptr<::grpc::ServerCompletionQueue> cq_;
   std::unique_ptr<store::pg::PgStore> store_;
   std::unique_ptr<invoke::grpc::GrpcInvoker> invoker_;
   std::unique_ptr<runtime::DefinitionRegistry> registry_;
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<api::SagaService> service_;
+  std::unique_ptr<HealthService> health_;
+  std::unique_ptr<ReflectionService> reflection_;
   std::unique_ptr<::grpc::Server> grpc_server_;
+  std::unique_ptr<rpc::CqRunner> cq_runner_;
   std::unique_ptr<store::pg::PgListener> listener_;
   std::thread listener_thread_;
   std::thread health_thread_;

@@ -479,6 +479,11 @@ class GrpcInvoker::Impl {
   }
 
   ~Impl() {
+    Shutdown();
+    if (own_runner_ != nullptr) own_runner_->ShutdownAndJoin();
+  }
+
+  void Shutdown() {
     std::vector<std::shared_ptr<CallState>> live;
     {
       absl::MutexLock lock(&live_mu_);
@@ -512,7 +517,6 @@ class GrpcInvoker::Impl {
     if (completer.joinable()) {
       completer.join();
     }
-    if (own_runner_ != nullptr) own_runner_->ShutdownAndJoin();
   }
 
   void Call(CallRequest request, absl::AnyInvocable<void(CallResult) &&> done) {
@@ -659,12 +663,19 @@ class GrpcInvoker::Impl {
     CompleteEarly(std::move(done), CallResult{std::move(status), {}});
   }
   void CompleteEarly(absl::AnyInvocable<void(CallResult) &&> done, CallResult result) {
-    absl::MutexLock lock(&early_mu_);
-    early_.push_back(EarlyCompletion{std::move(done), std::move(result)});
-    if (!completer_started_) {
-      completer_started_ = true;
-      completer_ = std::thread([this] { RunCompleter(); });
+    {
+      absl::MutexLock lock(&early_mu_);
+      if (!early_stop_) {
+        early_.push_back(EarlyCompletion{std::move(done), std::move(result)});
+        if (!completer_started_) {
+          completer_started_ = true;
+          completer_ = std::thread([this] { RunCompleter(); });
+        }
+        return;
+      }
     }
+    // After Shutdown there is no completer thread any more: the caller gets its answer here.
+    std::move(done)(std::move(result));
   }
 
   void RunCompleter() {
@@ -803,6 +814,8 @@ std::unique_ptr<GrpcInvoker> GrpcInvoker::Create(GrpcInvokerOptions options) {
 GrpcInvoker::GrpcInvoker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 GrpcInvoker::~GrpcInvoker() = default;
+
+void GrpcInvoker::Shutdown() { impl_->Shutdown(); }
 
 void GrpcInvoker::Call(CallRequest request, absl::AnyInvocable<void(CallResult) &&> done) {
   impl_->Call(std::move(request), std::move(done));

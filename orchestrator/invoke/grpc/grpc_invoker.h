@@ -76,8 +76,13 @@ class GrpcInvoker final : public saga::invoke::Invoker {
 
   GrpcInvoker(const GrpcInvoker&) = delete;
   GrpcInvoker& operator=(const GrpcInvoker&) = delete;
-  // Cancels the calls in flight and waits until each one's `done` has run.
+  // Calls Shutdown().
   ~GrpcInvoker() override;
+
+  // Cancels the calls in flight and waits until each one's `done` has run; later calls fail
+  // with UNAVAILABLE, their `done` running inside Call. A completion queue given in the options
+  // must still be running; it can be shut down once this returns. Idempotent.
+  void Shutdown();
 
   void Call(CallRequest request, absl::AnyInvocable<void(CallResult) &&> done) override;
 

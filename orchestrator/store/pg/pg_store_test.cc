@@ -508,6 +508,13 @@ TEST_F(PgStoreTest, IdempotentStart) {
 
 TEST_F(PgStoreTest, SameKeyTwiceInOneBatchBehavesSequentially) {
   // Enqueued back to back, these share a batch (or land in consecutive ones): same result.
+  // One committer, so that they are taken in queue order: with two, a committer still opening
+  // its connection may let the other write a later start first (starts of different ids may
+  // race, and then either one may win the key).
+  PgStoreOptions one_committer;
+  one_committer.committers = 1;
+  store_ = NewStore(one_committer);
+  ASSERT_NE(store_, nullptr);
   NewSaga a = MakeNewSaga("o", absl::Minutes(1), "dup", "h1");
   NewSaga b = MakeNewSaga("o", absl::Minutes(1), "dup", "h1");
   NewSaga c = MakeNewSaga("o", absl::Minutes(1), "dup", "h2");
