@@ -115,6 +115,11 @@ inline constexpr Statement kListDefinitions{
 // small sagas_owner_idx, which would visit every saga of the replica for each row updated; the
 // primary key is the only index left for the join.
 //
+// Events are inserted without ON CONFLICT: only for a saga this statement created, or whose
+// history it continues (prev_seq = last_seq, in the same statement), so none can exist yet; a
+// duplicate would mean a corrupt history and fails the write. (ON CONFLICT also costs two WAL
+// records per event: a speculative insert and its confirmation.)
+//
 // Returns one row ('S', id) per created saga, one row ('T', id) per accepted transition, and
 // ('E', n): the number of events inserted.
 inline constexpr Statement kWriteBatch{
@@ -159,7 +164,6 @@ inline constexpr Statement kWriteBatch{
     "  FROM unnest($21::uuid[], $22::bigint[], $23::smallint[], $24::int[], $25::int[],"
     "              $26::jsonb[]) AS e(saga_id, seq, type, step, attempt, detail)"
     "  WHERE e.saga_id IN (SELECT id FROM new_sagas UNION ALL SELECT id FROM applied)"
-    "  ON CONFLICT DO NOTHING"
     "  RETURNING 1"
     ")"
     " SELECT 'S', id::text FROM new_sagas"
@@ -192,7 +196,6 @@ inline constexpr Statement kWriteOneStart{
     "  SELECT n.id, e.seq, e.type, e.step, e.attempt, e.detail"
     "  FROM new_sagas n, unnest($12::bigint[], $13::smallint[], $14::int[], $15::int[],"
     "                           $16::jsonb[]) AS e(seq, type, step, attempt, detail)"
-    "  ON CONFLICT DO NOTHING"
     "  RETURNING 1"
     ")"
     " SELECT 'S', id::text FROM new_sagas"
@@ -222,7 +225,6 @@ inline constexpr Statement kWriteOneTransition{
     "  SELECT a.id, e.seq, e.type, e.step, e.attempt, e.detail"
     "  FROM applied a, unnest($10::bigint[], $11::smallint[], $12::int[], $13::int[],"
     "                         $14::jsonb[]) AS e(seq, type, step, attempt, detail)"
-    "  ON CONFLICT DO NOTHING"
     "  RETURNING 1"
     ")"
     " SELECT 'T', id::text FROM applied"
