@@ -170,6 +170,8 @@ void Runtime::StartSaga(StartRequest request,
   saga.lease = options_.lease;
   saga.status = actor->state.status;
   saga.events = decision.events;
+  // The only saga: the store may write it on this thread (nothing else waits for it).
+  saga.write_on_caller = stats_.active.load() == 0 && commits_in_flight_.load() == 0;
   commits_in_flight_++;
   store_->StartSaga(std::move(saga),
                     [this, actor, decision = std::move(decision),
@@ -247,6 +249,7 @@ void Runtime::Drain(const ActorPtr& actor) {
     t.clear_requests = actor->clear_requests;
     actor->clear_requests = false;
     common::CrashPoint("before_commit");
+    t.write_on_caller = stats_.active.load() == 1 && commits_in_flight_.load() == 0;
     commits_in_flight_++;
     store_->Commit(std::move(t), [this, actor, decision = std::move(decision),
                                   release](absl::Status status) mutable {

@@ -78,6 +78,10 @@ struct NewSaga {
   absl::Duration lease;
   engine::SagaStatus status = engine::SagaStatus::kRunning;
   std::vector<engine::Event> events;
+  // The submitting thread may write it itself (`done` then runs inside the call) when the
+  // store has nothing else to write, instead of waking a committer. The runtime sets it when
+  // this is the only saga it runs: the thread would only wait for the write anyway.
+  bool write_on_caller = false;
 };
 
 struct StartResult {
@@ -100,6 +104,10 @@ struct Transition {
   bool release = false;
   // The owner consumed the abort / retry request flags.
   bool clear_requests = false;
+  // The submitting thread may write it itself (`done` then runs inside the call) when the
+  // store has nothing else to write, instead of waking a committer. The runtime sets it when
+  // this is the only saga it runs: the thread would only wait for the write anyway.
+  bool write_on_caller = false;
 };
 
 struct ClaimedSaga {

@@ -711,12 +711,26 @@ void PgStore::Enqueue(std::unique_ptr<PendingOp> op) {
   op->order_key = absl::AsciiStrToLower(op->saga_id());
   {
     absl::MutexLock lock(&mu_);
-    if (!stopping_) {
+    const bool caller_may_write =
+        op->is_start ? op->saga.write_on_caller : op->transition.write_on_caller;
+    if (stopping_) {
+      op->status = absl::UnavailableError("the store is shut down");
+    } else if (options_.write_on_caller && caller_may_write && writing_ == 0 && queue_.empty()) {
+      // The only write there is: this thread writes it, no committer is woken.
+      ++writing_;
+      in_flight_.insert(op->order_key);
+    } else {
       queue_.push_back(std::move(op));
       return;
     }
   }
-  op->status = absl::UnavailableError("the store is shut down");
+  if (op->status.ok()) {
+    op->status = op->is_start ? ValidateStart(*op) : ValidateCommit(*op);
+    if (op->status.ok()) WriteBatch({op.get()});
+    absl::MutexLock lock(&mu_);
+    in_flight_.erase(op->order_key);
+    --writing_;
+  }
   std::move(*op).Complete();
 }
 
@@ -762,6 +776,7 @@ void PgStore::CommitterLoop() {
       }
       queue_.swap(rest);
       in_flight_.insert(batch_keys.begin(), batch_keys.end());
+      ++writing_;
     }
     std::vector<PendingOp*> valid;
     for (const std::unique_ptr<PendingOp>& op : batch) {
@@ -773,6 +788,7 @@ void PgStore::CommitterLoop() {
     for (std::unique_ptr<PendingOp>& op : batch) std::move(*op).Complete();
     absl::MutexLock lock(&mu_);
     for (const std::string& key : batch_keys) in_flight_.erase(key);
+    --writing_;
   }
 }
 

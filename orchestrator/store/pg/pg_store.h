@@ -80,6 +80,10 @@ struct PgStoreOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // Apply the embedded migrations in Create.
   bool run_migrations = true;
+  // Honour NewSaga / Transition::write_on_caller: such a write, when no committer is writing
+  // and nothing is queued, is written on the submitting thread. At one saga in flight that
+  // saves a thread wake-up per write.
+  bool write_on_caller = true;
 };
 
 class PgStore final : public Store {
@@ -160,6 +164,8 @@ class PgStore final : public Store {
   // several committers.
   absl::flat_hash_set<std::string> in_flight_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Batches being written, by committers or by submitting threads (write_on_caller).
+  int writing_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> committers_;
   absl::Mutex shutdown_mu_;  // serializes Shutdown()
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;

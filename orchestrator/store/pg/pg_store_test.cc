@@ -506,6 +506,48 @@ TEST_F(PgStoreTest, IdempotentStart) {
   EXPECT_EQ(Start(stolen_id).status().code(), absl::StatusCode::kAlreadyExists);
 }
 
+TEST_F(PgStoreTest, WriteOnCallerRunsOnTheSubmittingThreadOnlyWhenAsked) {
+  // Asked, with nothing else to write: written and answered inside the call.
+  NewSaga here = MakeNewSaga("o", absl::Minutes(1));
+  here.write_on_caller = true;
+  std::thread::id answered_on;
+  bool answered = false;
+  store_->StartSaga(here, [&](absl::StatusOr<StartResult> r) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->created);
+    answered_on = std::this_thread::get_id();
+    answered = true;
+  });
+  ASSERT_TRUE(answered);
+  EXPECT_EQ(answered_on, std::this_thread::get_id());
+
+  // Not asked: a committer writes it, and answers on its own thread.
+  NewSaga there = MakeNewSaga("o", absl::Minutes(1));
+  absl::Notification done;
+  store_->StartSaga(there, [&](absl::StatusOr<StartResult> r) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    answered_on = std::this_thread::get_id();
+    done.Notify();
+  });
+  done.WaitForNotification();
+  EXPECT_NE(answered_on, std::this_thread::get_id());
+
+  // A transition asked to, likewise; its event continues the history.
+  Transition t;
+  t.saga_id = here.id;
+  t.owner = "o";
+  t.fence = 1;
+  t.events = {MakeEvent(static_cast<int64_t>(here.events.size()) + 1, EventType::kSagaCompleted)};
+  t.status = engine::SagaStatus::kCompleted;
+  t.release = true;
+  t.write_on_caller = true;
+  absl::Status committed = absl::UnknownError("not answered");
+  store_->Commit(t, [&](absl::Status s) { committed = s; });
+  ASSERT_OK(committed);
+  ASSERT_OK_AND_ASSIGN(SagaRow row, store_->GetSaga(here.id));
+  EXPECT_EQ(row.status, engine::SagaStatus::kCompleted);
+}
+
 TEST_F(PgStoreTest, SameKeyTwiceInOneBatchBehavesSequentially) {
   // Enqueued back to back, these share a batch (or land in consecutive ones): same result.
   // One committer, so that they are taken in queue order: with two, a committer still opening
