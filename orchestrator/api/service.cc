@@ -1,7 +1,6 @@
 #include "orchestrator/api/service.h"
 
 #include <deque>
-#include <functional>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -933,22 +932,29 @@ class SagaService::WatchCall final : public rpc::Tag {
 
 namespace {
 
-// One unary call of a method: requested on the queue, handed to its handler when it arrives
-// (when the next call of the method is requested), freed once its answer has been sent.
-template <typename Request, typename Response>
+// The request and response types of a handler.
+template <typename>
+struct HandlerTypes;
+template <typename Req, typename Resp>
+struct HandlerTypes<void (SagaService::*)(Responder*, const Req*, Resp*)> {
+  using Request = Req;
+  using Response = Resp;
+};
+
+// One call of the unary method that `kRequest` (the generated service's RequestFoo) requests
+// and `kHandler` answers: requested on the queue, handed to the handler when it arrives (when
+// the next call of the method is requested), freed once its answer has been sent.
+template <auto kRequest, auto kHandler>
 class UnaryCall final : public rpc::Tag, public Responder {
  public:
-  using Writer = grpc::ServerAsyncResponseWriter<Response>;
-  using RequestFn = std::function<void(grpc::ServerContext*, Request*, Writer*,
-                                       grpc::ServerCompletionQueue*, void*)>;
-  using Handler = void (SagaService::*)(Responder*, const Request*, Response*);
+  using Request = typename HandlerTypes<decltype(kHandler)>::Request;
+  using Response = typename HandlerTypes<decltype(kHandler)>::Response;
 
-  static void Listen(SagaService* service, grpc::ServerCompletionQueue* cq, RequestFn request,
-                     Handler handler) {
-    auto* call = new UnaryCall(service, cq, std::move(request), handler);
+  static void Listen(SagaService* service, grpc::ServerCompletionQueue* cq) {
+    auto* call = new UnaryCall(service, cq);
     if (!service->StartOp([&] {
-          call->request_fn_(&call->ctx_, &call->request_, &call->writer_, cq,
-                            static_cast<rpc::Tag*>(call));
+          (service->async_service()->*kRequest)(&call->ctx_, &call->request_, &call->writer_, cq,
+                                                cq, static_cast<rpc::Tag*>(call));
         })) {
       delete call;
     }
@@ -960,8 +966,8 @@ class UnaryCall final : public rpc::Tag, public Responder {
       return;
     }
     answering_ = true;
-    Listen(service_, cq_, request_fn_, handler_);
-    (service_->*handler_)(this, &request_, &response_);  // may free this (Finish)
+    Listen(service_, cq_);
+    (service_->*kHandler)(this, &request_, &response_);  // may free this (Finish)
   }
 
   void Finish(const grpc::Status& status) override {
@@ -972,38 +978,17 @@ class UnaryCall final : public rpc::Tag, public Responder {
   }
 
  private:
-  UnaryCall(SagaService* service, grpc::ServerCompletionQueue* cq, RequestFn request,
-            Handler handler)
-      : service_(service),
-        cq_(cq),
-        request_fn_(std::move(request)),
-        handler_(handler),
-        writer_(&ctx_) {}
+  UnaryCall(SagaService* service, grpc::ServerCompletionQueue* cq)
+      : service_(service), cq_(cq), writer_(&ctx_) {}
 
   SagaService* service_;
   grpc::ServerCompletionQueue* cq_;
-  RequestFn request_fn_;
-  Handler handler_;
   grpc::ServerContext ctx_;
   Request request_;
   Response response_;
-  Writer writer_;
+  grpc::ServerAsyncResponseWriter<Response> writer_;
   bool answering_ = false;
 };
-
-// Listens for calls of one unary method: `request` is the generated service's RequestFoo.
-template <typename Request, typename Response, typename RequestMember>
-void ListenUnary(SagaService* service, grpc::ServerCompletionQueue* cq, RequestMember request,
-                 void (SagaService::*handler)(Responder*, const Request*, Response*)) {
-  saga::v1::SagaOrchestrator::AsyncService* async = service->async_service();
-  UnaryCall<Request, Response>::Listen(
-      service, cq,
-      [async, request](grpc::ServerContext* ctx, Request* req,
-                       grpc::ServerAsyncResponseWriter<Response>* writer,
-                       grpc::ServerCompletionQueue* queue,
-                       void* tag) { (async->*request)(ctx, req, writer, queue, queue, tag); },
-      handler);
-}
 
 }  // namespace
 
@@ -1023,14 +1008,14 @@ void SagaService::Shutdown() {
 
 void SagaService::Start(grpc::ServerCompletionQueue* cq) {
   using Async = saga::v1::SagaOrchestrator::AsyncService;
-  ListenUnary(this, cq, &Async::RequestRegisterDefinition, &SagaService::RegisterDefinition);
-  ListenUnary(this, cq, &Async::RequestGetDefinition, &SagaService::GetDefinition);
-  ListenUnary(this, cq, &Async::RequestListDefinitions, &SagaService::ListDefinitions);
-  ListenUnary(this, cq, &Async::RequestStartSaga, &SagaService::StartSaga);
-  ListenUnary(this, cq, &Async::RequestGetSaga, &SagaService::GetSaga);
-  ListenUnary(this, cq, &Async::RequestListSagas, &SagaService::ListSagas);
-  ListenUnary(this, cq, &Async::RequestAbortSaga, &SagaService::AbortSaga);
-  ListenUnary(this, cq, &Async::RequestRetrySaga, &SagaService::RetrySaga);
+  UnaryCall<&Async::RequestRegisterDefinition, &SagaService::RegisterDefinition>::Listen(this, cq);
+  UnaryCall<&Async::RequestGetDefinition, &SagaService::GetDefinition>::Listen(this, cq);
+  UnaryCall<&Async::RequestListDefinitions, &SagaService::ListDefinitions>::Listen(this, cq);
+  UnaryCall<&Async::RequestStartSaga, &SagaService::StartSaga>::Listen(this, cq);
+  UnaryCall<&Async::RequestGetSaga, &SagaService::GetSaga>::Listen(this, cq);
+  UnaryCall<&Async::RequestListSagas, &SagaService::ListSagas>::Listen(this, cq);
+  UnaryCall<&Async::RequestAbortSaga, &SagaService::AbortSaga>::Listen(this, cq);
+  UnaryCall<&Async::RequestRetrySaga, &SagaService::RetrySaga>::Listen(this, cq);
   WatchCall::Listen(this, cq);
 }
 
