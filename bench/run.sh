@@ -23,6 +23,7 @@
 #   --build-dir DIR      build directory (build-bench); --no-build uses it as it is
 #   --sagad-port P       sagad's port (50051); --participant-port P (50071), --admin-port P (50072)
 #   --sagad-args "..."   extra sagad flags (e.g. "--workers 2")
+#   --driver-args "..."  extra saga-bench flags (e.g. "--await watch")
 #   --keep-logs          keep the log folder (printed) even when everything passed
 #   --pg-from-env        use the PostgreSQL server that the PG* variables point at (e.g. inside
 #                        pg_virtualenv) instead of starting one; runs in a new database there,
@@ -50,6 +51,7 @@ SAGAD_PORT=50051
 PART_PORT=50071
 ADMIN_PORT=50072
 SAGAD_ARGS=""
+DRIVER_ARGS=""
 KEEP_LOGS=0
 PG_FROM_ENV=0
 EXPLAIN_SLOW=0
@@ -78,6 +80,7 @@ while [[ $# -gt 0 ]]; do
     --participant-port) PART_PORT="$2"; shift 2 ;;
     --admin-port) ADMIN_PORT="$2"; shift 2 ;;
     --sagad-args) SAGAD_ARGS="$2"; shift 2 ;;
+    --driver-args) DRIVER_ARGS="$2"; shift 2 ;;
     --keep-logs) KEEP_LOGS=1; shift ;;
     --pg-from-env) PG_FROM_ENV=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -91,7 +94,7 @@ SAGACTL="$BUILD_DIR/orchestrator/cli/sagactl"
 PARTICIPANTS="${SAGA_BENCH_PARTICIPANTS:-$BUILD_DIR/bench/bench-participants}"  # SAGA_BENCH_PARTICIPANTS: another participant server binary
 CEILING_BIN="$BUILD_DIR/bench/bench-participants-ceiling"
 FLOOR_BIN="$BUILD_DIR/bench/saga-floor"
-DRIVER="$BUILD_DIR/bench/saga-bench"
+DRIVER="${SAGA_BENCH_DRIVER:-$BUILD_DIR/bench/saga-bench}"  # SAGA_BENCH_DRIVER: another driver binary
 
 log() { echo "run.sh: $*" >&2; }
 
@@ -264,7 +267,7 @@ for inflight in $INFLIGHTS; do
       --warmup "$WARMUP" --in-flight "$inflight" --latency-ms "$LATENCY_MS" \
       --participant-admin "$ADMIN_URL" --duration-limit "$DURATION_LIMIT" --pg-url env \
       --pids "sagad=$SAGAD_PID,participants=$PART_PID" --format "$DRIVER_FORMAT" \
-      --explain-slow "$EXPLAIN_SLOW" >&"$OUT" 2>>"$LOGDIR/driver.log" &
+      --explain-slow "$EXPLAIN_SLOW" $DRIVER_ARGS >&"$OUT" 2>>"$LOGDIR/driver.log" &
     DRIVER_PID=$!
     PIDS+=("$DRIVER_PID")
     wait "$DRIVER_PID" || rc=$?
