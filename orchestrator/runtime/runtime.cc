@@ -46,6 +46,19 @@ std::string NewUuid() {
                          lo >> 48, lo & 0xffffffffffffULL);
 }
 
+std::string NewTimeOrderedUuid() {
+  // RFC 9562 version 7: 48 bits of Unix milliseconds, then 12 bits of the fraction of the
+  // millisecond (the RFC's "increased clock precision" method), then 62 random bits.
+  const int64_t now_ns = absl::ToUnixNanos(absl::Now());
+  const uint64_t ms = static_cast<uint64_t>(now_ns / 1'000'000);
+  const uint64_t sub_ms = static_cast<uint64_t>(now_ns % 1'000'000) * 4096 / 1'000'000;
+  const uint64_t hi = (ms << 16) | 0x7000ULL | (sub_ms & 0x0fffULL);
+  const uint64_t lo = (absl::Uniform<uint64_t>(ThreadRng()) & 0x3fffffffffffffffULL) |
+                      0x8000000000000000ULL;  // variant 10
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32, (hi >> 16) & 0xffff, hi & 0xffff,
+                         lo >> 48, lo & 0xffffffffffffULL);
+}
+
 struct Runtime::Actor {
   std::string id;
   DefinitionPtr def;
@@ -146,7 +159,7 @@ void Runtime::StartSaga(StartRequest request,
     return;
   }
   auto actor = std::make_shared<Actor>();
-  actor->id = NewUuid();
+  actor->id = NewTimeOrderedUuid();
   actor->def = request.definition;
   actor->input = std::move(request.input);
   actor->idempotency_key = request.idempotency_key;

@@ -190,4 +190,10 @@ class Runtime {
 // A random UUID (version 4) as text.
 std::string NewUuid();
 
+// A time-ordered UUID (version 7) as text: saga ids. Ids made later sort later (to a fraction
+// of a millisecond), so new sagas and their events are inserted at the right edge of the
+// primary-key indexes instead of on random pages: fewer pages dirtied and written after each
+// checkpoint, and the recent part of the indexes stays in memory however large they grow.
+std::string NewTimeOrderedUuid();
+
 }  // namespace saga::runtime
