@@ -16,6 +16,9 @@
 #   --floor              also measure the floor of a saga's latency at one in flight on this
 #                        machine, without sagad (saga-floor: 4 single-row writes and 3 calls per
 #                        saga, one thread), to read sagad's figure at one in flight against it
+#   --preload N          before the runs, fill the tables with N finished sagas (8 events each,
+#                        ids and times as sagad makes them, created over the past N/10 s), to
+#                        measure with a history of that size (e.g. 1000000: about 2 GB, 1 min)
 #   --explain-slow N     print the recorded events of the N slowest sagas of each run
 #   --pg-waits           sample pg_stat_activity (20 Hz) during the runs and print what sagad's
 #                        backends were doing (wait events and statements); costs some CPU
@@ -52,6 +55,7 @@ PART_PORT=50071
 ADMIN_PORT=50072
 SAGAD_ARGS=""
 DRIVER_ARGS=""
+PRELOAD=0
 KEEP_LOGS=0
 PG_FROM_ENV=0
 EXPLAIN_SLOW=0
@@ -72,6 +76,7 @@ while [[ $# -gt 0 ]]; do
     --ceiling) CEILING=1; shift ;;
     --floor) FLOOR=1; shift ;;
     --explain-slow) EXPLAIN_SLOW="$2"; shift 2 ;;
+    --preload) PRELOAD="$2"; shift 2 ;;
     --pg-waits) PG_WAITS=1; shift ;;
     --format) FORMAT="$2"; shift 2 ;;
     --build-dir) BUILD_DIR="$2"; shift 2 ;;
@@ -88,6 +93,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 case "$FORMAT" in table|json) ;; *) echo "run.sh: --format table|json" >&2; exit 1 ;; esac
+[[ "$PRELOAD" =~ ^[0-9]+$ ]] || { echo "run.sh: --preload takes a number of sagas" >&2; exit 1; }
 
 SAGAD="${SAGA_BENCH_SAGAD:-$BUILD_DIR/orchestrator/server/sagad}"  # SAGA_BENCH_SAGAD: another sagad binary, e.g. to compare two builds
 SAGACTL="$BUILD_DIR/orchestrator/cli/sagactl"
@@ -226,6 +232,40 @@ if [[ "$healthy" != 1 ]]; then
   exit 1
 fi
 log "sagad pid $SAGAD_PID on :$SAGAD_PORT"
+
+if [[ "$PRELOAD" -gt 0 ]]; then
+  log "preloading $PRELOAD finished sagas"
+  started=$SECONDS
+  # Ids are time-ordered UUIDs (version 7) of each saga's creation time, as sagad makes them.
+  psql -XAq -v ON_ERROR_STOP=1 -v n="$PRELOAD" <<'SQL' || { log "preload failed"; exit 1; }
+CREATE TEMP TABLE preload AS
+  SELECT i, t, (lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || '7' ||
+                substr(md5(i::text), 1, 3) || '8' || substr(md5(i::text), 4, 15))::uuid AS id
+  FROM (SELECT i, now() - (:n - i) * interval '100 ms' AS t
+        FROM generate_series(1, :n) AS i) AS g;
+INSERT INTO sagas (id, definition_name, definition_version, status, input, input_hash,
+                   idempotency_key, traceparent, created_at, updated_at, last_seq, fence)
+  SELECT id, 'bench-order',
+         (SELECT max(version) FROM saga_definitions WHERE name = 'bench-order'), 'COMPLETED',
+         jsonb_build_object('amount', 100 + i % 9900, 'order_id', i),
+         md5(i::text) || md5(i::text), 'preload-' || i,
+         '00-' || md5(i::text) || '-' || substr(md5(i::text), 1, 16) || '-01', t, t, 8, 1
+  FROM preload ORDER BY i;
+INSERT INTO saga_events (saga_id, seq, type, step, attempt, detail, recorded_at)
+  SELECT p.id, e.seq, e.type, e.step, e.attempt,
+         CASE WHEN e.type = 3
+              THEN jsonb_build_object('output', jsonb_build_object('ok', true, 'ref', 'preload-' || p.i))
+         END, p.t
+  FROM preload p,
+       (VALUES (1, 1, -1, 0), (2, 2, 0, 1), (3, 3, 0, 1), (4, 2, 1, 1), (5, 3, 1, 1),
+               (6, 2, 2, 1), (7, 3, 2, 1), (8, 12, -1, 0)) AS e(seq, type, step, attempt)
+  ORDER BY p.i, e.seq;
+VACUUM ANALYZE sagas;
+VACUUM ANALYZE saga_events;
+CHECKPOINT;
+SQL
+  log "preloaded in $((SECONDS - started)) s: database $(psql -XAtc "SELECT pg_size_pretty(pg_database_size(current_database()))")"
+fi
 
 if [[ "$SWEEP" == 1 ]]; then
   INFLIGHTS="1 16 64 256"
