@@ -1,5 +1,7 @@
 #include "orchestrator/api/service.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <deque>
 #include <utility>
 
@@ -221,8 +223,12 @@ absl::StatusOr<nlohmann::json> ParseInput(const std::string& text) {
 
 // --- EventHub ---
 
-EventHub::EventHub(store::Store* store, absl::Duration poll_interval)
-    : store_(store), poll_interval_(poll_interval), poller_([this] { PollLoop(); }) {}
+EventHub::EventHub(store::Store* store, absl::Duration poll_interval,
+                   std::function<bool(const std::string&)> runs_here)
+    : store_(store),
+      poll_interval_(poll_interval),
+      runs_here_(std::move(runs_here)),
+      poller_([this] { PollLoop(); }) {}
 
 EventHub::~EventHub() {
   stop_ = true;
@@ -288,9 +294,11 @@ void EventHub::Publish(const std::string& saga_id, const std::vector<engine::Eve
     for (auto i = range.first; i != range.second; ++i) targets.push_back(subs_[i->second]);
   }
   const absl::Time now = absl::Now();
+  const int64_t last_seq = events.empty() ? 0 : events.back().seq;
   for (auto& sub : targets) {
     std::lock_guard<std::mutex> lock(sub->cb_mu);
     sub->last_event_us = absl::ToUnixMicros(now);
+    if (last_seq > sub->seen_seq) sub->seen_seq = last_seq;
     if (sub->active) sub->cb(events);
   }
 }
@@ -314,11 +322,17 @@ void EventHub::PollLoop() {
       }
     }
     for (const auto& [id, subs] : watched) {
-      // Re-read from the start; subscribers drop what they have already seen.
-      absl::StatusOr<std::vector<engine::Event>> events = store_->ReadEvents(id, 0);
+      // This replica's own sagas publish every event as it commits, even after a long quiet
+      // spell (a backoff, an operator's pause): reading them would find nothing new.
+      if (runs_here_ != nullptr && runs_here_(id)) continue;
+      // Only what the least advanced subscriber has not been given; each drops what it has.
+      int64_t after_seq = INT64_MAX;
+      for (const auto& sub : subs) after_seq = std::min<int64_t>(after_seq, sub->seen_seq);
+      absl::StatusOr<std::vector<engine::Event>> events = store_->ReadEvents(id, after_seq);
       if (!events.ok() || events->empty()) continue;
       for (const auto& sub : subs) {
         std::lock_guard<std::mutex> lock(sub->cb_mu);
+        if (events->back().seq > sub->seen_seq) sub->seen_seq = events->back().seq;
         if (sub->active) sub->cb(*events);
       }
     }
@@ -333,7 +347,9 @@ SagaService::SagaService(ServiceOptions options, store::Store* store,
       store_(store),
       registry_(registry),
       runtime_(runtime),
-      hub_(store, options.watch_poll_interval),
+      hub_(
+          store, options.watch_poll_interval,
+          [runtime](const std::string& id) { return runtime != nullptr && runtime->RunsHere(id); }),
       db_(options.db_workers) {}
 
 SagaService::~SagaService() { db_.Shutdown(); }

@@ -59,7 +59,10 @@ absl::Status StartFailure(const absl::Status& status, bool has_idempotency_key);
 class EventHub {
  public:
   using Callback = std::function<void(const std::vector<engine::Event>&)>;
-  EventHub(store::Store* store, absl::Duration poll_interval);
+  // `runs_here(id)`: whether this replica runs the saga, and so publishes every event of it as
+  // it commits: such sagas are not polled, however long they stay quiet. Null: none is.
+  EventHub(store::Store* store, absl::Duration poll_interval,
+           std::function<bool(const std::string&)> runs_here = nullptr);
   ~EventHub();
   int64_t Subscribe(const std::string& saga_id, Callback cb);
   // Removes the subscription; when it returns, its callback is not running and will not run.
@@ -81,9 +84,12 @@ class EventHub {
     std::mutex cb_mu;  // held while cb runs; Unsubscribe waits for it
     bool active = true;
     std::atomic<int64_t> last_event_us{0};
+    // The highest seq handed to cb: a poll reads only the events after it.
+    std::atomic<int64_t> seen_seq{0};
   };
   store::Store* store_;
   absl::Duration poll_interval_;
+  std::function<bool(const std::string&)> runs_here_;
   std::mutex mu_;
   std::map<int64_t, std::shared_ptr<Sub>> subs_;
   std::multimap<std::string, int64_t> by_saga_;

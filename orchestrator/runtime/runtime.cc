@@ -146,6 +146,8 @@ void Runtime::Wake() {
   wake_cv_.notify_all();
 }
 
+bool Runtime::RunsHere(const std::string& saga_id) { return Find(saga_id) != nullptr; }
+
 Runtime::ActorPtr Runtime::Find(const std::string& id) {
   std::lock_guard<std::mutex> lock(actors_mu_);
   auto it = actors_.find(id);
@@ -487,6 +489,10 @@ void Runtime::Adopt(store::ClaimedSaga claimed) {
   common::ScopedLogContext log_ctx(actor->id, {}, common::TraceIdOf(actor->traceparent));  // ops
   spdlog::info("saga {}: resumed at event {} ({})", actor->id, actor->state.last_seq,
                engine::SagaStatusName(actor->state.status));
+  // From now on this replica passes every event of the saga to the listener as it commits;
+  // the history recorded before (by the replica that ran it, up to the claim that fenced it
+  // off) goes first, so that a listener that was polling the database for it misses nothing.
+  if (listener_ && !claimed.events.empty()) listener_(actor->id, claimed.events);
   Post(actor, {.kind = engine::Trigger::Kind::kResume});
   if (claimed.row.retry_requested) Post(actor, {.kind = engine::Trigger::Kind::kRetry});
   if (claimed.row.abort_requested) {

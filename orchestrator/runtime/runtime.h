@@ -129,6 +129,10 @@ class Runtime {
   // ops: metrics hook; set before Start(). May be null. Not owned.
   void SetObserver(RuntimeObserver* observer) { observer_ = observer; }
 
+  // Whether the saga is held in this replica's memory: then every event it records is passed
+  // to the event listener as it commits.
+  bool RunsHere(const std::string& saga_id);
+
   bool accepting() const { return !stopping_.load(); }
   const RuntimeStats& stats() const { return stats_; }
   const RuntimeOptions& options() const { return options_; }

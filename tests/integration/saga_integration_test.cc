@@ -257,6 +257,101 @@ TEST_F(SagaTest, WatchSagaStreamsEveryEventInOrderAndEnds) {
   EXPECT_EQ(n, 2);
 }
 
+TEST_F(SagaTest, WatchAndWaitFollowASagaThatAnotherReplicaRuns) {
+  // Replica A (a child process) runs the saga; replica B (in this process) serves the calls
+  // and only learns of the saga's events from the database.
+  SpawnSagad("replica-a");
+  const nlohmann::json input =
+      Order("o-remote", {{"charge", {{"delay_ms", 600}}}, {"ship", {{"delay_ms", 600}}}});
+  const std::string id = Start("order-fulfillment", input, "remote-1");
+  StartServer();
+
+  std::vector<std::string> types;
+  grpc::Status watch_status;
+  std::thread watcher([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+    saga::v1::WatchSagaRequest req;
+    req.set_saga_id(id);
+    auto reader = stub_->WatchSaga(&ctx, req);
+    saga::v1::SagaEvent e;
+    int64_t expect = 1;
+    while (reader->Read(&e)) {
+      EXPECT_EQ(e.seq(), expect++);
+      types.push_back(e.type() + (e.step().empty() ? "" : "(" + e.step() + ")"));
+    }
+    watch_status = reader->Finish();
+  });
+
+  // The same key with wait, on B: the existing saga's final status once A has finished it.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  saga::v1::StartSagaRequest req;
+  req.set_definition("order-fulfillment");
+  req.set_input_json(input.dump());
+  req.set_idempotency_key("remote-1");
+  req.set_wait(true);
+  saga::v1::StartSagaResponse resp;
+  grpc::Status s = stub_->StartSaga(&ctx, req, &resp);
+  watcher.join();
+
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_FALSE(resp.created());
+  EXPECT_EQ(resp.saga_id(), id);
+  EXPECT_EQ(resp.status(), saga::v1::SAGA_STATUS_COMPLETED);
+  ASSERT_TRUE(watch_status.ok()) << watch_status.error_message();
+  EXPECT_THAT(types, ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)", "STEP_SUCCEEDED(reserve)",
+                                 "STEP_STARTED(charge)", "STEP_SUCCEEDED(charge)",
+                                 "STEP_STARTED(ship)", "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
+  // A ran every step (B never took the saga over).
+  EXPECT_EQ(Get(id, /*history=*/false).status(), saga::v1::SAGA_STATUS_COMPLETED);
+  EXPECT_EQ(shop_->AppliedCount(kCharge, "o-remote"), 1);
+}
+
+TEST_F(SagaTest, WatchFollowsASagaThroughATakeover) {
+  // Replica A runs the saga and dies in the middle of it; replica B, which serves the watch,
+  // takes the saga over when A's lease runs out and finishes it. The stream sees every event
+  // once, in order: A's from the database, then B's as it records them.
+  StartServer();
+  const std::string b = server_->address();
+  const pid_t a = SpawnSagad("replica-a");
+  const std::string id = Start("order-fulfillment",
+                               Order("o-takeover", {{"charge", {{"delay_ms", 1500}}}}), "takeover");
+  ConnectTo(b);
+  std::vector<std::string> types;
+  grpc::Status watch_status;
+  std::thread watcher([&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    saga::v1::WatchSagaRequest req;
+    req.set_saga_id(id);
+    auto reader = stub_->WatchSaga(&ctx, req);
+    saga::v1::SagaEvent e;
+    int64_t expect = 1;
+    while (reader->Read(&e)) {
+      EXPECT_EQ(e.seq(), expect++);
+      types.push_back(e.type() + (e.step().empty() ? "" : "(" + e.step() + ")"));
+    }
+    watch_status = reader->Finish();
+  });
+  // A dies while it waits for the charge (1.5 s).
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (Get(id, /*history=*/true).history_size() < 4 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(kill(a, SIGKILL), 0);
+  waitpid(a, nullptr, 0);
+  children_.clear();
+  watcher.join();
+  ASSERT_TRUE(watch_status.ok()) << watch_status.error_message();
+  // The charge's outcome died with A: B calls it again (same idempotency key), then ships.
+  EXPECT_THAT(types,
+              ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)", "STEP_SUCCEEDED(reserve)",
+                          "STEP_STARTED(charge)", "STEP_STARTED(charge)", "STEP_SUCCEEDED(charge)",
+                          "STEP_STARTED(ship)", "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
+  EXPECT_EQ(shop_->AppliedCount(kCharge, "o-takeover"), 1);
+}
+
 TEST_F(SagaTest, ListSagasFiltersAndPages) {
   StartServer();
   std::vector<std::string> ids;
