@@ -7,6 +7,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/integration/fixture.h"
@@ -33,6 +34,30 @@ std::vector<std::string> Applied(const examples::ShopServer& shop, const std::st
   for (const auto& e : shop.Ledger()) {
     if (e.order_id == order && e.applied) out.push_back(e.method);
   }
+  return out;
+}
+
+// A WatchSaga stream read to its end: each event as "TYPE" or "TYPE(step)", checked to come in
+// seq order from 1.
+struct Watched {
+  std::vector<std::string> types;
+  grpc::Status status;
+};
+Watched WatchToEnd(saga::v1::SagaOrchestrator::Stub& stub, const std::string& id,
+                   absl::Duration deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  saga::v1::WatchSagaRequest req;
+  req.set_saga_id(id);
+  auto reader = stub.WatchSaga(&ctx, req);
+  Watched out;
+  saga::v1::SagaEvent e;
+  int64_t expect = 1;
+  while (reader->Read(&e)) {
+    EXPECT_EQ(e.seq(), expect++);
+    out.types.push_back(e.type() + (e.step().empty() ? "" : "(" + e.step() + ")"));
+  }
+  out.status = reader->Finish();
   return out;
 }
 
@@ -266,22 +291,8 @@ TEST_F(SagaTest, WatchAndWaitFollowASagaThatAnotherReplicaRuns) {
   const std::string id = Start("order-fulfillment", input, "remote-1");
   StartServer();
 
-  std::vector<std::string> types;
-  grpc::Status watch_status;
-  std::thread watcher([&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    saga::v1::WatchSagaRequest req;
-    req.set_saga_id(id);
-    auto reader = stub_->WatchSaga(&ctx, req);
-    saga::v1::SagaEvent e;
-    int64_t expect = 1;
-    while (reader->Read(&e)) {
-      EXPECT_EQ(e.seq(), expect++);
-      types.push_back(e.type() + (e.step().empty() ? "" : "(" + e.step() + ")"));
-    }
-    watch_status = reader->Finish();
-  });
+  Watched watched;
+  std::thread watcher([&] { watched = WatchToEnd(*stub_, id, absl::Seconds(20)); });
 
   // The same key with wait, on B: the existing saga's final status once A has finished it.
   grpc::ClientContext ctx;
@@ -299,10 +310,11 @@ TEST_F(SagaTest, WatchAndWaitFollowASagaThatAnotherReplicaRuns) {
   EXPECT_FALSE(resp.created());
   EXPECT_EQ(resp.saga_id(), id);
   EXPECT_EQ(resp.status(), saga::v1::SAGA_STATUS_COMPLETED);
-  ASSERT_TRUE(watch_status.ok()) << watch_status.error_message();
-  EXPECT_THAT(types, ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)", "STEP_SUCCEEDED(reserve)",
-                                 "STEP_STARTED(charge)", "STEP_SUCCEEDED(charge)",
-                                 "STEP_STARTED(ship)", "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
+  ASSERT_TRUE(watched.status.ok()) << watched.status.error_message();
+  EXPECT_THAT(watched.types,
+              ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)", "STEP_SUCCEEDED(reserve)",
+                          "STEP_STARTED(charge)", "STEP_SUCCEEDED(charge)", "STEP_STARTED(ship)",
+                          "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
   // A ran every step (B never took the saga over).
   EXPECT_EQ(Get(id, /*history=*/false).status(), saga::v1::SAGA_STATUS_COMPLETED);
   EXPECT_EQ(shop_->AppliedCount(kCharge, "o-remote"), 1);
@@ -318,22 +330,8 @@ TEST_F(SagaTest, WatchFollowsASagaThroughATakeover) {
   const std::string id = Start("order-fulfillment",
                                Order("o-takeover", {{"charge", {{"delay_ms", 1500}}}}), "takeover");
   ConnectTo(b);
-  std::vector<std::string> types;
-  grpc::Status watch_status;
-  std::thread watcher([&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-    saga::v1::WatchSagaRequest req;
-    req.set_saga_id(id);
-    auto reader = stub_->WatchSaga(&ctx, req);
-    saga::v1::SagaEvent e;
-    int64_t expect = 1;
-    while (reader->Read(&e)) {
-      EXPECT_EQ(e.seq(), expect++);
-      types.push_back(e.type() + (e.step().empty() ? "" : "(" + e.step() + ")"));
-    }
-    watch_status = reader->Finish();
-  });
+  Watched watched;
+  std::thread watcher([&] { watched = WatchToEnd(*stub_, id, absl::Seconds(30)); });
   // A dies while it waits for the charge (1.5 s).
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (Get(id, /*history=*/true).history_size() < 4 && absl::Now() < give_up) {
@@ -343,9 +341,9 @@ TEST_F(SagaTest, WatchFollowsASagaThroughATakeover) {
   waitpid(a, nullptr, 0);
   children_.clear();
   watcher.join();
-  ASSERT_TRUE(watch_status.ok()) << watch_status.error_message();
+  ASSERT_TRUE(watched.status.ok()) << watched.status.error_message();
   // The charge's outcome died with A: B calls it again (same idempotency key), then ships.
-  EXPECT_THAT(types,
+  EXPECT_THAT(watched.types,
               ElementsAre("SAGA_STARTED", "STEP_STARTED(reserve)", "STEP_SUCCEEDED(reserve)",
                           "STEP_STARTED(charge)", "STEP_STARTED(charge)", "STEP_SUCCEEDED(charge)",
                           "STEP_STARTED(ship)", "STEP_SUCCEEDED(ship)", "SAGA_COMPLETED"));
