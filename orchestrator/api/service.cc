@@ -259,6 +259,12 @@ void EventHub::Unsubscribe(int64_t token) {
   EraseLocked(it);
 }
 
+int64_t EventHub::watching() {
+  std::lock_guard<std::mutex> lock(mu_);
+  RemoveDetachedLocked();
+  return static_cast<int64_t>(subs_.size());
+}
+
 void EventHub::Detach(int64_t token) {
   std::lock_guard<std::mutex> lock(detached_mu_);
   detached_.push_back(token);
@@ -567,6 +573,17 @@ void SagaService::AwaitEnd(const std::string& saga_id, bool check_store, Respond
     done = waiter->done;
   }
   if (done) hub_.Detach(token);
+  // A client that stops waiting (its deadline, a cancel) frees the call and the subscription
+  // now rather than when the saga ends, which may be hours away.
+  reactor->OnCancel([this, reactor, waiter, token] {
+    {
+      std::lock_guard<std::mutex> lock(waiter->mu);
+      if (waiter->done) return;  // answered already
+      waiter->done = true;
+    }
+    hub_.Detach(token);
+    reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped waiting"));
+  });
   if (!check_store) return;
   db_.Post([this, saga_id, finish] {
     absl::StatusOr<store::SagaRow> row = store_->GetSaga(saga_id);
@@ -960,7 +977,9 @@ struct HandlerTypes<void (SagaService::*)(Responder*, const Req*, Resp*)> {
 // One call of the unary method that `kRequest` (the generated service's RequestFoo) requests
 // and `kHandler` answers: requested on the queue, handed to the handler when it arrives (when
 // the next call of the method is requested), freed once its answer has been sent.
-template <auto kRequest, auto kHandler>
+// `kNotifyCancel`: the call also learns when it is over (gRPC's AsyncNotifyWhenDone), to run
+// the handler's OnCancel hook if the client gave up first; freed once both are back.
+template <auto kRequest, auto kHandler, bool kNotifyCancel = false>
 class UnaryCall final : public rpc::Tag, public Responder {
  public:
   using Request = typename HandlerTypes<decltype(kHandler)>::Request;
@@ -968,6 +987,7 @@ class UnaryCall final : public rpc::Tag, public Responder {
 
   static void Listen(SagaService* service, grpc::ServerCompletionQueue* cq) {
     auto* call = new UnaryCall(service, cq);
+    if constexpr (kNotifyCancel) call->ctx_.AsyncNotifyWhenDone(&call->done_tag_);
     if (!service->StartOp([&] {
           (service->async_service()->*kRequest)(&call->ctx_, &call->request_, &call->writer_, cq,
                                                 cq, static_cast<rpc::Tag*>(call));
@@ -977,8 +997,12 @@ class UnaryCall final : public rpc::Tag, public Responder {
   }
 
   void Proceed(bool ok) override {
-    if (answering_ || !ok) {  // answered, or the server shuts down before the call came
+    if (!ok && !answering_) {  // the server shuts down before the call came: nothing else comes
       delete this;
+      return;
+    }
+    if (answering_) {  // the answer went out (or the call was over already)
+      Release();
       return;
     }
     answering_ = true;
@@ -989,13 +1013,52 @@ class UnaryCall final : public rpc::Tag, public Responder {
   void Finish(const grpc::Status& status) override {
     if (!service_->StartOp(
             [&] { writer_.Finish(response_, status, static_cast<rpc::Tag*>(this)); })) {
-      delete this;  // the server is shut down and has cancelled the call
+      Release();  // the server is shut down and has cancelled the call
+    }
+  }
+
+  void OnCancel(absl::AnyInvocable<void() &&> hook) override {
+    if constexpr (kNotifyCancel) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!cancelled_) {
+          cancel_hook_ = std::move(hook);
+          return;
+        }
+      }
+      std::move(hook)();
     }
   }
 
  private:
   UnaryCall(SagaService* service, grpc::ServerCompletionQueue* cq)
-      : service_(service), cq_(cq), writer_(&ctx_) {}
+      : service_(service), cq_(cq), writer_(&ctx_) {
+    if constexpr (kNotifyCancel) done_tag_.Set([this](bool /*ok*/) { OnDone(); });
+  }
+
+  // The call is over: answered, or cancelled by the client, its deadline or the server's
+  // shutdown.
+  void OnDone() {
+    absl::AnyInvocable<void() &&> hook;
+    if (ctx_.IsCancelled()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      hook = std::move(cancel_hook_);
+    }
+    if (hook) std::move(hook)();  // may Finish, whose tag then comes back
+    Release();
+  }
+
+  // Frees the call once both the answer's tag and (with kNotifyCancel) the done notification
+  // are back.
+  void Release() {
+    bool last = true;
+    if constexpr (kNotifyCancel) {
+      std::lock_guard<std::mutex> lock(mu_);
+      last = --refs_ == 0;
+    }
+    if (last) delete this;
+  }
 
   SagaService* service_;
   grpc::ServerCompletionQueue* cq_;
@@ -1004,6 +1067,12 @@ class UnaryCall final : public rpc::Tag, public Responder {
   Response response_;
   grpc::ServerAsyncResponseWriter<Response> writer_;
   bool answering_ = false;
+  // kNotifyCancel only:
+  rpc::FnTag done_tag_;
+  std::mutex mu_;
+  int refs_ = 2;  // the answer's tag and the done notification
+  bool cancelled_ = false;
+  absl::AnyInvocable<void() &&> cancel_hook_;
 };
 
 }  // namespace
@@ -1027,7 +1096,8 @@ void SagaService::Start(grpc::ServerCompletionQueue* cq) {
   UnaryCall<&Async::RequestRegisterDefinition, &SagaService::RegisterDefinition>::Listen(this, cq);
   UnaryCall<&Async::RequestGetDefinition, &SagaService::GetDefinition>::Listen(this, cq);
   UnaryCall<&Async::RequestListDefinitions, &SagaService::ListDefinitions>::Listen(this, cq);
-  UnaryCall<&Async::RequestStartSaga, &SagaService::StartSaga>::Listen(this, cq);
+  UnaryCall<&Async::RequestStartSaga, &SagaService::StartSaga, /*kNotifyCancel=*/true>::Listen(this,
+                                                                                               cq);
   UnaryCall<&Async::RequestGetSaga, &SagaService::GetSaga>::Listen(this, cq);
   UnaryCall<&Async::RequestListSagas, &SagaService::ListSagas>::Listen(this, cq);
   UnaryCall<&Async::RequestAbortSaga, &SagaService::AbortSaga>::Listen(this, cq);

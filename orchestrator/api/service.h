@@ -72,6 +72,8 @@ class EventHub {
   // may still run a few times afterwards.
   void Detach(int64_t token);
   void Publish(const std::string& saga_id, const std::vector<engine::Event>& events);
+  // Subscriptions now (WatchSaga streams and StartSaga calls waiting for the end).
+  int64_t watching();
 
  private:
   void PollLoop();
@@ -110,6 +112,11 @@ struct ServiceOptions {
 class Responder {
  public:
   virtual void Finish(const grpc::Status& status) = 0;
+  // For a handler that may wait long before it finishes: `hook` runs once if the client
+  // cancels the call or its deadline passes first (at once if that happened already), on any
+  // thread. It must make Finish happen (or see that it has). Kept by StartSaga's calls only;
+  // other methods' calls drop it.
+  virtual void OnCancel(absl::AnyInvocable<void() &&> hook) = 0;
 
  protected:
   ~Responder() = default;

@@ -142,6 +142,13 @@ void SagaMetrics::ObserveRuntime(const runtime::Runtime* runtime) {
                              [runtime] { return static_cast<double>(runtime->stats().active); });
 }
 
+void SagaMetrics::ObserveWatchers(std::function<int64_t()> count) {
+  registry_.AddGaugeFunction(
+      "saga_watchers",
+      "WatchSaga streams and StartSaga calls waiting for the end, following sagas now.",
+      [count = std::move(count)] { return static_cast<double>(count()); });
+}
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 SagaMetrics::NewInterceptorFactory() {
   return std::make_unique<HandledInterceptorFactory>(&grpc_handled_);

@@ -22,6 +22,7 @@
 // start-up); MetricsHttpServer serves on threads of its own.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -49,6 +50,8 @@ class SagaMetrics final : public runtime::RuntimeObserver {
   // later TextExposition() call (stop the HTTP endpoint first).
   void ObserveStore(const store::pg::PgStore* store);
   void ObserveRuntime(const runtime::Runtime* runtime);
+  // `count`: the WatchSaga streams and waiting StartSaga calls following sagas now.
+  void ObserveWatchers(std::function<int64_t()> count);
 
   // For grpc::ServerBuilder::experimental().SetInterceptorCreators(). Counts every RPC's final
   // status in saga_grpc_server_handled_total. This object must outlive the server.

@@ -128,6 +128,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   s->service_ = std::make_unique<api::SagaService>(service_options, s->store_.get(),
                                                    s->registry_.get(), s->runtime_.get());
   api::SagaService* service = s->service_.get();
+  s->metrics_->ObserveWatchers([service] { return service->hub().watching(); });
   s->runtime_->SetEventListener(
       [service](const std::string& id, const std::vector<engine::Event>& events) {
         service->hub().Publish(id, events);

@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "orchestrator/server/dev_postgres.h"
@@ -230,6 +231,46 @@ TEST_F(OpsTest, MetricsCountWhatHappened) {
   for (const auto& [key, value] : m) {
     EXPECT_EQ(key.find(ok), std::string::npos) << key;
   }
+}
+
+TEST_F(OpsTest, AWaitingStartThatTheClientGivesUpOnIsDroppedAtOnce) {
+  StartServerWithMetrics();
+  const nlohmann::json input = Order("w1", {{"charge", {{"delay_ms", 1500}}}});
+  auto start_and_wait = [&](absl::Duration deadline, saga::v1::StartSagaResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    saga::v1::StartSagaRequest req;
+    req.set_definition("order-fulfillment");
+    req.set_input_json(input.dump());
+    req.set_idempotency_key("w1");
+    req.set_wait(true);
+    return stub_->StartSaga(&ctx, req, resp);
+  };
+  auto watchers = [&] {
+    return Value(Metrics(server_->metrics_port()), SampleKey("saga_watchers"));
+  };
+  // Three clients give up long before the saga ends (its charge takes 1.5 s).
+  for (int i = 0; i < 3; ++i) {
+    saga::v1::StartSagaResponse resp;
+    EXPECT_EQ(start_and_wait(absl::Milliseconds(200), &resp).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // Their calls and subscriptions are gone while the saga still runs.
+  double left = -1;
+  for (int i = 0; i < 50 && left != 0; ++i) {
+    left = watchers();
+    if (left != 0) absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(left, 0);
+  EXPECT_EQ(shop_->CallCount("shop.v1.Shipping/Schedule", "w1"), 0);  // still running
+  // A client that waits long enough gets the end, and the saga ran once.
+  saga::v1::StartSagaResponse resp;
+  grpc::Status s = start_and_wait(absl::Seconds(10), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_FALSE(resp.created());
+  EXPECT_EQ(resp.status(), saga::v1::SAGA_STATUS_COMPLETED);
+  EXPECT_EQ(shop_->CallCount("shop.v1.Payment/Charge", "w1"), 1);
+  EXPECT_EQ(watchers(), 0);
 }
 
 TEST_F(OpsTest, ATakenMetricsAddressFailsStartUnlessOptional) {
