@@ -997,12 +997,12 @@ class UnaryCall final : public rpc::Tag, public Responder {
   }
 
   void Proceed(bool ok) override {
-    if (!ok && !answering_) {  // the server shuts down before the call came: nothing else comes
-      delete this;
-      return;
-    }
     if (answering_) {  // the answer went out (or the call was over already)
       Release();
+      return;
+    }
+    if (!ok) {  // the server shuts down before the call came: nothing else comes of it
+      delete this;
       return;
     }
     answering_ = true;

@@ -35,15 +35,20 @@ std::string ChildTraceparent(const std::string& parent) {
   return absl::StrCat(parent.substr(0, 36), RandomHex(8), parent.substr(52));
 }
 
+// The text form of the UUID whose first and last 64 bits are `hi` (with the version) and `lo`
+// (random); sets the variant bits (10).
+std::string FormatUuid(uint64_t hi, uint64_t lo) {
+  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;
+  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32, (hi >> 16) & 0xffff, hi & 0xffff,
+                         lo >> 48, lo & 0xffffffffffffULL);
+}
+
 }  // namespace
 
 std::string NewUuid() {
-  uint64_t hi = absl::Uniform<uint64_t>(ThreadRng());
-  uint64_t lo = absl::Uniform<uint64_t>(ThreadRng());
-  hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
-  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant 10
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32, (hi >> 16) & 0xffff, hi & 0xffff,
-                         lo >> 48, lo & 0xffffffffffffULL);
+  const uint64_t hi = absl::Uniform<uint64_t>(ThreadRng());
+  return FormatUuid((hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL,  // version 4
+                    absl::Uniform<uint64_t>(ThreadRng()));
 }
 
 std::string NewTimeOrderedUuid() {
@@ -52,11 +57,8 @@ std::string NewTimeOrderedUuid() {
   const int64_t now_ns = absl::ToUnixNanos(absl::Now());
   const uint64_t ms = static_cast<uint64_t>(now_ns / 1'000'000);
   const uint64_t sub_ms = static_cast<uint64_t>(now_ns % 1'000'000) * 4096 / 1'000'000;
-  const uint64_t hi = (ms << 16) | 0x7000ULL | (sub_ms & 0x0fffULL);
-  const uint64_t lo = (absl::Uniform<uint64_t>(ThreadRng()) & 0x3fffffffffffffffULL) |
-                      0x8000000000000000ULL;  // variant 10
-  return absl::StrFormat("%08x-%04x-%04x-%04x-%012x", hi >> 32, (hi >> 16) & 0xffff, hi & 0xffff,
-                         lo >> 48, lo & 0xffffffffffffULL);
+  return FormatUuid((ms << 16) | 0x7000ULL | (sub_ms & 0x0fffULL),
+                    absl::Uniform<uint64_t>(ThreadRng()));
 }
 
 struct Runtime::Actor {
