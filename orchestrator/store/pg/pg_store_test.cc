@@ -507,19 +507,48 @@ TEST_F(PgStoreTest, IdempotentStart) {
 }
 
 TEST_F(PgStoreTest, WriteOnCallerRunsOnTheSubmittingThreadOnlyWhenAsked) {
-  // Asked, with nothing else to write: written and answered inside the call.
+  // Each answer is awaited before the test goes on (its locals must outlive the callback even
+  // when the answer comes late, on another thread); *_inline says whether it came inside the
+  // call. Asked, with nothing else to write: written and answered inside the call.
   NewSaga here = MakeNewSaga("o", absl::Minutes(1));
   here.write_on_caller = true;
   std::thread::id answered_on;
-  bool answered = false;
+  absl::Notification started;
   store_->StartSaga(here, [&](absl::StatusOr<StartResult> r) {
-    ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_TRUE(r->created);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) {
+      EXPECT_TRUE(r->created);
+    }
     answered_on = std::this_thread::get_id();
-    answered = true;
+    started.Notify();
   });
-  ASSERT_TRUE(answered);
+  const bool start_inline = started.HasBeenNotified();
+  started.WaitForNotification();
+  EXPECT_TRUE(start_inline);
   EXPECT_EQ(answered_on, std::this_thread::get_id());
+
+  // A transition asked to, likewise (the store is idle again: the write above is over); its
+  // event continues the history.
+  Transition t;
+  t.saga_id = here.id;
+  t.owner = "o";
+  t.fence = 1;
+  t.events = {MakeEvent(static_cast<int64_t>(here.events.size()) + 1, EventType::kSagaCompleted)};
+  t.status = engine::SagaStatus::kCompleted;
+  t.release = true;
+  t.write_on_caller = true;
+  absl::Status committed = absl::UnknownError("not answered");
+  absl::Notification commit_done;
+  store_->Commit(t, [&](absl::Status s) {
+    committed = s;
+    commit_done.Notify();
+  });
+  const bool commit_inline = commit_done.HasBeenNotified();
+  commit_done.WaitForNotification();
+  EXPECT_TRUE(commit_inline);
+  ASSERT_OK(committed);
+  ASSERT_OK_AND_ASSIGN(SagaRow row, store_->GetSaga(here.id));
+  EXPECT_EQ(row.status, engine::SagaStatus::kCompleted);
 
   // Not asked: a committer writes it, and answers on its own thread.
   NewSaga there = MakeNewSaga("o", absl::Minutes(1));
@@ -531,21 +560,6 @@ TEST_F(PgStoreTest, WriteOnCallerRunsOnTheSubmittingThreadOnlyWhenAsked) {
   });
   done.WaitForNotification();
   EXPECT_NE(answered_on, std::this_thread::get_id());
-
-  // A transition asked to, likewise; its event continues the history.
-  Transition t;
-  t.saga_id = here.id;
-  t.owner = "o";
-  t.fence = 1;
-  t.events = {MakeEvent(static_cast<int64_t>(here.events.size()) + 1, EventType::kSagaCompleted)};
-  t.status = engine::SagaStatus::kCompleted;
-  t.release = true;
-  t.write_on_caller = true;
-  absl::Status committed = absl::UnknownError("not answered");
-  store_->Commit(t, [&](absl::Status s) { committed = s; });
-  ASSERT_OK(committed);
-  ASSERT_OK_AND_ASSIGN(SagaRow row, store_->GetSaga(here.id));
-  EXPECT_EQ(row.status, engine::SagaStatus::kCompleted);
 }
 
 TEST_F(PgStoreTest, SameKeyTwiceInOneBatchBehavesSequentially) {
