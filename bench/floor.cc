@@ -48,6 +48,15 @@ pv1::StepRequest StepRequestFor(uint64_t order, int step) {
   return request;
 }
 
+// What sagad puts on a participant call besides the message.
+void ShapeLikeSagad(grpc::ClientContext& context, uint64_t order, int step) {
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  context.AddMetadata("saga-id", "0192f3a4-5b6c-7d8e-9f01-" + std::to_string(100000000000 + order));
+  context.AddMetadata("saga-step", step == 0 ? "reserve" : step == 1 ? "charge" : "schedule");
+  context.AddMetadata("idempotency-key", std::to_string(order) + ":" + std::to_string(step));
+  context.AddMetadata("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+}
+
 int Main(int argc, char** argv) {
   std::string pg;
   std::string target = "localhost:50071";
@@ -65,6 +74,10 @@ int Main(int argc, char** argv) {
   app.add_flag("--hand-off", hand_off,
                "sagad's shape instead of one thread: writes on a writer thread, calls through "
                "gRPC's callback API, each step continued by the thread that finished the last");
+  bool call_like_sagad = false;
+  app.add_flag("--call-like-sagad", call_like_sagad,
+               "send each call as sagad does: with a deadline (30 s) and sagad's four metadata "
+               "entries (saga-id, saga-step, idempotency-key, traceparent)");
   app.add_option("--warmup", warmup, "sagas before measuring")->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
 
@@ -151,6 +164,7 @@ int Main(int argc, char** argv) {
         const pv1::StepRequest request = StepRequestFor(order, step);
         pv1::StepReply reply;
         grpc::ClientContext context;
+        if (call_like_sagad) ShapeLikeSagad(context, order, step);
         const Clock::time_point t = Clock::now();
         grpc::Status status = step == 0   ? inventory->Reserve(&context, request, &reply)
                               : step == 1 ? payment->Charge(&context, request, &reply)
@@ -189,6 +203,7 @@ int Main(int argc, char** argv) {
           }
           auto c = std::make_shared<AsyncCall>();
           c->request = StepRequestFor(order, step);
+          if (call_like_sagad) ShapeLikeSagad(c->context, order, step);
           auto on_done = [&, c, step](grpc::Status status) {
             if (!status.ok()) {
               done.set_exception(std::make_exception_ptr(

@@ -13,9 +13,10 @@
 #   --latency-ms N       participant latency per call (0)
 #   --duration-limit D   time limit per run, e.g. 600s (10m)
 #   --ceiling            also measure the participant server alone (bench-participants-ceiling)
-#   --floor              also measure the floor of a saga's latency at one in flight on this
-#                        machine, without sagad (saga-floor: 4 single-row writes and 3 calls per
-#                        saga, one thread), to read sagad's figure at one in flight against it
+#   --floor              before each run at one in flight (without --latency-ms), measure the
+#                        floor of a saga's latency on this machine in the same minute, without
+#                        sagad (saga-floor: 4 single-row writes and 3 calls per saga, one thread),
+#                        to read sagad's figure against it
 #   --preload N          before the runs, fill the tables with N finished sagas (8 events each,
 #                        ids and times as sagad makes them, created over the past N/10 s), to
 #                        measure with a history of that size (e.g. 1000000: about 2 GB, 1 min)
@@ -206,10 +207,18 @@ if [[ "$CEILING" == 1 && -x "$CEILING_BIN" ]]; then
   done
 fi
 
-if [[ "$FLOOR" == 1 && -x "$FLOOR_BIN" ]]; then
-  log "the floor of a saga at one in flight (saga-floor, no sagad)"
-  "$FLOOR_BIN" --target "localhost:$PART_PORT" --sagas 1000 >&"$OUT"
-fi
+# The floor moves with the machine's minute as much as sagad does, so it is measured right
+# before each run at one in flight (the run it is the yardstick for), not once for all.
+run_floor() {
+  [[ "$FLOOR" == 1 ]] || return 0
+  if [[ ! -x "$FLOOR_BIN" ]]; then
+    log "no $FLOOR_BIN: build it (cmake --build $BUILD_DIR --target saga-floor)"
+    return 0
+  fi
+  log "the floor of a saga at one in flight (saga-floor, no sagad), just before the run"
+  "$FLOOR_BIN" --target "localhost:$PART_PORT" --sagas 1000 >&2 ||
+    log "saga-floor failed (exit status $?)"
+}
 
 # shellcheck disable=SC2086  # SAGAD_ARGS is split on purpose
 "$SAGAD" --listen "localhost:$SAGAD_PORT" --definitions "$DEFS" --proto-path "$ROOT/bench/proto" \
@@ -301,6 +310,7 @@ DRIVER_FORMAT=row
 for inflight in $INFLIGHTS; do
   for scenario in $SCENARIOS; do
     rc=0
+    [[ "$inflight" == 1 && "$LATENCY_MS" == 0 ]] && run_floor
     # In the background, so that a signal to this script is handled at once (bash runs traps
     # only between foreground commands, but interrupts `wait`).
     "$DRIVER" --address "localhost:$SAGAD_PORT" --scenario "$scenario" --sagas "$SAGAS" \
