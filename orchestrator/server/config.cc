@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 #include "orchestrator/common/logging.h"
+#include "orchestrator/common/status_macros.h"
 #include "orchestrator/server/ops_metrics.h"
 #include "yaml-cpp/yaml.h"
 
@@ -223,6 +224,42 @@ std::vector<Setting> MakeSettings() {
                .show =
                    [](const DaemonConfig& c) {
                      return Quote(absl::FormatDuration(c.server.drain_timeout));
+                   }});
+  s.push_back(
+      {.name = "retention",
+       .env = "SAGA_RETENTION",
+       .group = "Server",
+       .help = "how long sagas that ended COMPLETED or COMPENSATED are kept (with "
+               "their events and idempotency keys) before they are deleted; FAILED "
+               "sagas are kept; 0 keeps every saga",
+       .default_text = "720h (30 days)",
+       .apply =
+           [](const std::vector<std::string>& v, DaemonConfig* c) {
+             absl::Duration d;
+             SAGA_RETURN_IF_ERROR(ParseDurationValue(Last(v), absl::ZeroDuration(),
+                                                     absl::Hours(24 * 365 * 100), &d));
+             if (d > absl::ZeroDuration() && d < absl::Seconds(1)) {
+               return absl::InvalidArgumentError(
+                   absl::StrCat("'", Last(v), "' is too short: at least 1s (0 keeps every saga)"));
+             }
+             c->server.retention = d;
+             return absl::OkStatus();
+           },
+       .show =
+           [](const DaemonConfig& c) { return Quote(absl::FormatDuration(c.server.retention)); }});
+  s.push_back({.name = "purge-interval",
+               .env = "SAGA_PURGE_INTERVAL",
+               .group = "Server",
+               .help = "how often sagas past the retention are looked for and deleted",
+               .default_text = "1m",
+               .apply =
+                   [kHour](const std::vector<std::string>& v, DaemonConfig* c) {
+                     return ParseDurationValue(Last(v), absl::Milliseconds(100), kHour,
+                                               &c->server.purge_interval);
+                   },
+               .show =
+                   [](const DaemonConfig& c) {
+                     return Quote(absl::FormatDuration(c.server.purge_interval));
                    }});
   auto int_setting = [](std::string name, std::string env, std::string help, int def, int lo,
                         int hi, int Config::*field) {
@@ -460,6 +497,8 @@ ParsedArgs ParseArgs(int argc, const char* const* argv, std::ostream& out, std::
                                                                     {"lease", "DURATION"},
                                                                     {"poll-interval", "DURATION"},
                                                                     {"drain-timeout", "DURATION"},
+                                                                    {"retention", "DURATION"},
+                                                                    {"purge-interval", "DURATION"},
                                                                     {"metrics-listen", "ADDR"},
                                                                     {"log-format", "FORMAT"},
                                                                     {"log-level", "LEVEL"},

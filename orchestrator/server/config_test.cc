@@ -22,7 +22,8 @@ constexpr const char* kVariables[] = {
     "SAGA_DEFINITIONS",   "SAGA_PROTO_PATH",    "SAGA_OWNER_ID",       "SAGA_LEASE",
     "SAGA_POLL_INTERVAL", "SAGA_DRAIN_TIMEOUT", "SAGA_DB_POOL_SIZE",   "SAGA_COMMITTERS",
     "SAGA_WORKERS",       "SAGA_MAX_ACTIVE",    "SAGA_METRICS_LISTEN", "SAGA_LOG_FORMAT",
-    "SAGA_LOG_LEVEL",     "SAGA_DEV",           "SAGA_DEV_DATA_DIR"};
+    "SAGA_LOG_LEVEL",     "SAGA_DEV",           "SAGA_DEV_DATA_DIR",   "SAGA_RETENTION",
+    "SAGA_PURGE_INTERVAL"};
 
 class ConfigTest : public ::testing::Test {
  protected:
@@ -77,6 +78,8 @@ TEST_F(ConfigTest, Defaults) {
   EXPECT_EQ(c.server.renew_interval, absl::Seconds(10) / 3);
   EXPECT_EQ(c.server.poll_interval, absl::Seconds(1));
   EXPECT_EQ(c.server.drain_timeout, absl::Seconds(20));
+  EXPECT_EQ(c.server.retention, absl::Hours(30 * 24));
+  EXPECT_EQ(c.server.purge_interval, absl::Minutes(1));
   EXPECT_EQ(c.server.db_pool_size, 8);
   EXPECT_EQ(c.server.committers, 2);
   EXPECT_EQ(c.server.workers, 2);
@@ -161,6 +164,16 @@ TEST_F(ConfigTest, DatabaseUrlFromAFile) {
   EXPECT_NE(Error().find("cannot read"), std::string::npos);
 }
 
+TEST_F(ConfigTest, RetentionZeroKeepsEverySaga) {
+  ParsedArgs p = Parse({"--retention", "0"});
+  ASSERT_EQ(p.action, ParsedArgs::Action::kServe) << err_.str();
+  EXPECT_EQ(p.config.server.retention, absl::ZeroDuration());
+  setenv("SAGA_RETENTION", "2160h", 1);
+  p = Parse({});
+  EXPECT_EQ(p.config.server.retention, absl::Hours(90 * 24));
+  unsetenv("SAGA_RETENTION");
+}
+
 TEST_F(ConfigTest, InvalidValuesExit2WithOnePreciseLine) {
   struct Case {
     std::vector<std::string> args;
@@ -172,6 +185,10 @@ TEST_F(ConfigTest, InvalidValuesExit2WithOnePreciseLine) {
       {{"--lease", "0s"}, {}, "sagad: --lease: '0s' is too short"},
       {{"--drain-timeout", "-1s"}, {}, "sagad: --drain-timeout: '-1s' must not be negative"},
       {{"--workers", "0"}, {}, "sagad: --workers: '0' is not a whole number in 1..256"},
+      {{"--retention", "-1h"}, {}, "sagad: --retention: '-1h' must not be negative"},
+      {{"--retention", "500ms"}, {}, "sagad: --retention: '500ms' is too short: at least 1s"},
+      {{"--retention", "30d"}, {}, "sagad: --retention: '30d' is not a duration"},
+      {{}, {{"SAGA_PURGE_INTERVAL", "0s"}}, "sagad: SAGA_PURGE_INTERVAL: '0s' is too short"},
       {{}, {{"SAGA_DB_POOL_SIZE", "many"}}, "sagad: SAGA_DB_POOL_SIZE: 'many' is not a whole"},
       {{}, {{"SAGA_LOG_FORMAT", "xml"}}, "sagad: SAGA_LOG_FORMAT: log format must be"},
       {{"--log-level", "loud"}, {}, "sagad: --log-level: log level must be"},
@@ -229,6 +246,8 @@ TEST_F(ConfigTest, HelpDocumentsEverySetting) {
                            "--lease",
                            "--poll-interval",
                            "--drain-timeout",
+                           "--retention",
+                           "--purge-interval",
                            "--db-pool-size",
                            "--committers",
                            "--workers",

@@ -127,6 +127,10 @@ void SagaMetrics::ObserveStore(const store::pg::PgStore* store) {
       "saga_fenced_writes_total",
       "Writes refused because another replica owns the saga now (owner, fence or sequence).",
       [store] { return static_cast<double>(store->fenced_writes()); });
+  registry_.AddCounterFunction(
+      "saga_purged_total",
+      "Finished sagas deleted by this replica after the retention period (--retention).",
+      [store] { return static_cast<double>(store->sagas_purged()); });
   registry_.AddGaugeFunction("saga_db_pool_in_use", "Database connections lent out.",
                              [store] { return static_cast<double>(store->pool_in_use()); });
   registry_.AddCounterFunction("saga_db_commits_total", "Group-commit transactions committed.",

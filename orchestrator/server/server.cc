@@ -11,6 +11,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "orchestrator/api/service.h"
+#include "orchestrator/common/failure_log.h"
 #include "orchestrator/common/status_macros.h"
 #include "orchestrator/definition/loader.h"
 #include "orchestrator/invoke/grpc/grpc_invoker.h"
@@ -183,6 +184,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
     spdlog::warn("LISTEN unavailable, relying on polling: {}", listener.status().ToString());
   }
   s->health_thread_ = std::thread([raw = s.get()] { raw->HealthLoop(); });
+  if (config.retention > absl::ZeroDuration()) {
+    s->purge_thread_ =
+        std::thread([raw = s.get(), retention = config.retention,
+                     interval = config.purge_interval] { raw->PurgeLoop(retention, interval); });
+  }
   if (s->metrics_http_ != nullptr) {
     spdlog::info("sagad {} ({}) serving gRPC on port {}, metrics on port {} (/metrics)", Version(),
                  s->owner_id_, s->port_, s->metrics_http_->port());
@@ -206,6 +212,47 @@ void Server::HealthLoop() {
   }
 }
 
+void Server::PurgeLoop(absl::Duration retention, absl::Duration interval) {
+  // A round deletes in batches until a batch comes back short, but at most kMaxBatches of
+  // them, so that a large backlog (a first start with a short retention) is worked off over
+  // several rounds instead of in one long burst of deletes.
+  constexpr int kBatch = 1000;
+  constexpr int kMaxBatches = 20;
+  common::FailureLog failure_log(absl::Minutes(10));
+  absl::Time next = absl::Now() + interval;
+  while (!stop_.load()) {
+    absl::SleepFor(
+        std::min(absl::Milliseconds(100), std::max(next - absl::Now(), absl::ZeroDuration())));
+    if (stop_.load()) break;
+    if (absl::Now() < next) continue;
+    next = absl::Now() + interval;
+    store::PurgeResult round;
+    absl::Status status;
+    for (int i = 0; i < kMaxBatches && !stop_.load(); ++i) {
+      absl::StatusOr<store::PurgeResult> batch = store_->PurgeFinished(retention, kBatch);
+      if (!batch.ok()) {
+        status = batch.status();
+        break;
+      }
+      round.sagas += batch->sagas;
+      round.events += batch->events;
+      if (batch->sagas < kBatch) break;
+    }
+    if (round.sagas > 0) {
+      spdlog::info("deleted {} saga(s) that ended more than {} ago, and their {} event(s)",
+                   round.sagas, absl::FormatDuration(retention), round.events);
+    }
+    if (!status.ok()) {
+      if (const int64_t n = failure_log.Failed(absl::Now()); n > 0) {
+        spdlog::warn("deleting finished sagas failed ({} time(s) since the last message): {}", n,
+                     status.ToString());
+      }
+    } else if (const int64_t n = failure_log.Succeeded(); n > 0) {
+      spdlog::info("deleting finished sagas works again after {} failed attempt(s)", n);
+    }
+  }
+}
+
 void Server::Shutdown(absl::Duration drain) {
   if (shut_down_.exchange(true)) return;
   // Null checks: a Start() that failed half-way destroys a partly built server.
@@ -218,6 +265,7 @@ void Server::Shutdown(absl::Duration drain) {
   if (runtime_ != nullptr) runtime_->Stop(drain);
   stop_ = true;
   if (health_thread_.joinable()) health_thread_.join();
+  if (purge_thread_.joinable()) purge_thread_.join();
   if (listener_thread_.joinable()) listener_thread_.join();
   // Open health watches and reflection streams would hold the server's Shutdown until its
   // deadline.

@@ -62,6 +62,11 @@ struct Config {
   int api_workers = 8;
   int max_active = 20000;
   int max_message_bytes = 4 << 20;
+  // Sagas that ended COMPLETED or COMPENSATED longer ago than this are deleted with their
+  // events (their idempotency keys can then start new sagas); FAILED sagas are kept. Zero
+  // keeps every saga. Checked every purge_interval, by every replica.
+  absl::Duration retention = absl::Hours(30 * 24);
+  absl::Duration purge_interval = absl::Minutes(1);
   // Prometheus metrics over HTTP ("host:port", port 0 picks one; see metrics_port()). Empty:
   // no endpoint (the metrics are still kept). sagad's flag defaults to "0.0.0.0:9090".
   std::string metrics_listen;
@@ -106,6 +111,8 @@ class Server {
  private:
   Server() = default;
   void HealthLoop();
+  // Deletes finished sagas past the retention, every purge_interval, until stop_.
+  void PurgeLoop(absl::Duration retention, absl::Duration interval);
 
   std::string owner_id_;
   int port_ = 0;
@@ -127,6 +134,7 @@ class Server {
   std::unique_ptr<store::pg::PgListener> listener_;
   std::thread listener_thread_;
   std::thread health_thread_;
+  std::thread purge_thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> serving_{false};
   std::atomic<bool> shut_down_{false};

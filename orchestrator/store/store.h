@@ -120,6 +120,11 @@ struct OwnedSaga {
   bool abort_requested = false;
 };
 
+struct PurgeResult {
+  int64_t sagas = 0;
+  int64_t events = 0;
+};
+
 struct ListFilter {
   std::optional<engine::SagaStatus> status;
   std::string definition;  // empty: any
@@ -172,6 +177,13 @@ class Store {
                                                const std::string& reason) = 0;
   // Flags a retry of a FAILED saga and makes it due. kFailedPrecondition if not FAILED.
   virtual absl::StatusOr<SagaRow> RequestRetry(const std::string& id) = 0;
+
+  // --- retention ---
+  // Deletes up to `limit` sagas that ended COMPLETED or COMPENSATED more than `older_than`
+  // ago, with their events; their ids and idempotency keys are then unknown. FAILED sagas,
+  // and sagas still running or compensating, are never deleted. kInvalidArgument for a
+  // negative `older_than` or a `limit` below 1.
+  virtual absl::StatusOr<PurgeResult> PurgeFinished(absl::Duration older_than, int limit) = 0;
 
   // --- reads ---
   virtual absl::StatusOr<SagaRow> GetSaga(const std::string& id) = 0;

@@ -273,6 +273,59 @@ TEST_F(OpsTest, AWaitingStartThatTheClientGivesUpOnIsDroppedAtOnce) {
   EXPECT_EQ(watchers(), 0);
 }
 
+TEST_F(OpsTest, FinishedSagasAreDeletedAfterTheRetentionAndFailedOnesKept) {
+  const int port = FreeLoopbackPort();
+  const int metrics_port = FreeLoopbackPort();
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  std::vector<std::string> args = ChildArgs("keeper", port, metrics_port);
+  args.insert(args.end(), {"--retention", "2s", "--purge-interval", "200ms"});
+  SagadProcess p(args, tmp_ + "/retention.log");
+  ASSERT_TRUE(WaitServing(address, absl::Seconds(20))) << p.Log();
+  ConnectTo(address);
+
+  const std::string completed = Start("order-fast", Order("r1"), "r1");
+  const std::string compensated =
+      Start("order-fast", Order("r2", {{"charge", {{"fail", "declined"}}}}), "r2");
+  ASSERT_TRUE(WaitForStatus(completed, saga::v1::SAGA_STATUS_COMPLETED));
+  ASSERT_TRUE(WaitForStatus(compensated, saga::v1::SAGA_STATUS_COMPENSATED));
+  // A saga whose compensation fails beyond its policy: FAILED, left for an operator.
+  shop_->SetMethodFault("shop.v1.Inventory/Release", absl::StatusCode::kUnavailable);
+  const std::string failed =
+      Start("order-fast", Order("r3", {{"charge", {{"fail", "declined"}}}}), "r3");
+  ASSERT_TRUE(WaitForStatus(failed, saga::v1::SAGA_STATUS_FAILED));
+  const absl::Time failed_at = absl::Now();
+
+  auto gone = [&](const std::string& id) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    saga::v1::GetSagaRequest req;
+    req.set_saga_id(id);
+    saga::v1::Saga saga;
+    return stub_->GetSaga(&ctx, req, &saga).error_code() == grpc::StatusCode::NOT_FOUND;
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while ((!gone(completed) || !gone(compensated)) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_TRUE(gone(completed)) << p.Log();
+  EXPECT_TRUE(gone(compensated)) << p.Log();
+  // The FAILED saga outlives its retention by several purges.
+  absl::SleepFor(failed_at + absl::Seconds(3) - absl::Now());
+  EXPECT_EQ(Get(failed).status(), saga::v1::SAGA_STATUS_FAILED);
+  EXPECT_EQ(Value(Metrics(metrics_port), SampleKey("saga_purged_total")), 2);
+
+  // The deleted saga's key starts a new saga; the kept one's still names its saga.
+  saga::v1::StartSagaResponse resp;
+  grpc::Status s = TryStart("order-fast", Order("r1").dump(), "r1", &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.created());
+  EXPECT_NE(resp.saga_id(), completed);
+  s = TryStart("order-fast", Order("r3", {{"charge", {{"fail", "declined"}}}}).dump(), "r3", &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_FALSE(resp.created());
+  EXPECT_EQ(resp.saga_id(), failed);
+}
+
 TEST_F(OpsTest, ATakenMetricsAddressFailsStartUnlessOptional) {
   const ListeningLoopbackSocket taken;
   ASSERT_NE(taken.port(), 0);

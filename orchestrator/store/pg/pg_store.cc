@@ -1012,6 +1012,26 @@ absl::StatusOr<SagaRow> PgStore::RequestRetry(const std::string& id) {
       });
 }
 
+// --- retention ---
+
+absl::StatusOr<PurgeResult> PgStore::PurgeFinished(absl::Duration older_than, int limit) {
+  if (older_than < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("purge: the age of finished sagas must not be negative");
+  }
+  if (limit < 1) return absl::InvalidArgumentError("purge: limit must be at least 1");
+  const int64_t older_than_us = absl::ToInt64Microseconds(older_than);
+  PurgeResult result;
+  SAGA_RETURN_IF_ERROR(
+      WithAutocommit(*pool_, "purge finished sagas", [&](pqxx::transaction_base& txn) {
+        pqxx::result rows = txn.exec_prepared(Name(sql::kPurgeFinished), older_than_us, limit);
+        result.sagas = rows[0][0].as<int64_t>();
+        result.events = rows[0][1].as<int64_t>();
+        return absl::OkStatus();
+      }));
+  sagas_purged_.fetch_add(result.sagas);
+  return result;
+}
+
 // --- reads ---
 
 absl::StatusOr<SagaRow> PgStore::GetSaga(const std::string& id) {

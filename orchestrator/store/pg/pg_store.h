@@ -122,6 +122,9 @@ class PgStore final : public Store {
   absl::StatusOr<SagaRow> RequestAbort(const std::string& id, const std::string& reason) override;
   absl::StatusOr<SagaRow> RequestRetry(const std::string& id) override;
 
+  // One statement (one transaction) per call.
+  absl::StatusOr<PurgeResult> PurgeFinished(absl::Duration older_than, int limit) override;
+
   absl::StatusOr<SagaRow> GetSaga(const std::string& id) override;
   // Events with seq > after_seq, by seq. kNotFound if the saga does not exist.
   absl::StatusOr<std::vector<engine::Event>> ReadEvents(const std::string& id,
@@ -139,6 +142,8 @@ class PgStore final : public Store {
   int64_t ops_committed() const { return ops_committed_.load(); }
   // Commits rejected because owner, fence or sequence no longer held.
   int64_t fenced_writes() const { return fenced_writes_.load(); }
+  // Sagas deleted by PurgeFinished.
+  int64_t sagas_purged() const { return sagas_purged_.load(); }
   // Connections currently lent out.
   int pool_in_use() const;
 
@@ -173,6 +178,7 @@ class PgStore final : public Store {
   std::atomic<int64_t> batches_committed_{0};
   std::atomic<int64_t> ops_committed_{0};
   std::atomic<int64_t> fenced_writes_{0};
+  std::atomic<int64_t> sagas_purged_{0};
 };
 
 }  // namespace saga::store::pg

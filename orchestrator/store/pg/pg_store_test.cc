@@ -44,6 +44,12 @@ using ::testing::UnorderedElementsAreArray;
     ASSERT_TRUE(assert_ok_status_.ok()) << assert_ok_status_; \
   } while (false)
 
+#define EXPECT_OK(expr)                                       \
+  do {                                                        \
+    const absl::Status expect_ok_status_ = (expr);            \
+    EXPECT_TRUE(expect_ok_status_.ok()) << expect_ok_status_; \
+  } while (false)
+
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
   ASSERT_OK_AND_ASSIGN_IMPL_(SAGA_TEST_CONCAT_(statusor_, __LINE__), lhs, expr)
 #define SAGA_TEST_CONCAT_INNER_(a, b) a##b
@@ -1002,6 +1008,117 @@ TEST_F(PgStoreTest, RequestRetryRules) {
   ASSERT_OK_AND_ASSIGN(SagaRow row, store_->GetSaga(id));
   EXPECT_FALSE(row.retry_requested);
   EXPECT_EQ(row.status, SagaStatus::kCompensating);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention.
+
+TEST_F(PgStoreTest, PurgeFinishedDeletesOnlySagasThatEndedLongEnoughAgo) {
+  // Starts a saga with `key`, writes two more events and ends it with `status` (RUNNING: not
+  // ended), then moves its times back: created `created_ago`, last written `ended_ago`.
+  auto make = [&](const std::string& key, SagaStatus status, absl::Duration created_ago,
+                  absl::Duration ended_ago) {
+    NewSaga saga = MakeNewSaga("a", absl::Hours(1), key);
+    const std::string id = saga.id;
+    EXPECT_OK(Start(std::move(saga)).status());
+    Transition step = MakeTransition(id, "a", 1,
+                                     {MakeEvent(2, EventType::kStepStarted, 0, 1),
+                                      MakeEvent(3, EventType::kStepSucceeded, 0, 1)});
+    if (status != SagaStatus::kRunning) {
+      step.events.push_back(
+          MakeEvent(4, status == SagaStatus::kCompleted     ? EventType::kSagaCompleted
+                       : status == SagaStatus::kCompensated ? EventType::kSagaCompensated
+                                                            : EventType::kSagaFailed));
+      step.status = status;
+      step.release = true;
+    }
+    EXPECT_OK(CommitSync(step));
+    pqxx::connection conn(db_->url());
+    pqxx::work txn(conn);
+    txn.exec_params(
+        "UPDATE sagas SET created_at = now() - $2::bigint * interval '1 second',"
+        " updated_at = now() - $3::bigint * interval '1 second' WHERE id = $1",
+        id, absl::ToInt64Seconds(created_ago), absl::ToInt64Seconds(ended_ago));
+    txn.commit();
+    return id;
+  };
+  auto event_rows = [&](const std::string& id) {
+    pqxx::connection conn(db_->url());
+    pqxx::work txn(conn);
+    return txn.exec_params1("SELECT count(*) FROM saga_events WHERE saga_id = $1", id)[0]
+        .as<int64_t>();
+  };
+  const absl::Duration kDay = absl::Hours(24);
+  const std::string completed = make("k-completed", SagaStatus::kCompleted, 3 * kDay, 2 * kDay);
+  const std::string compensated = make("", SagaStatus::kCompensated, 3 * kDay, 2 * kDay);
+  const std::string failed = make("k-failed", SagaStatus::kFailed, 3 * kDay, 2 * kDay);
+  const std::string running = make("k-running", SagaStatus::kRunning, 3 * kDay, 2 * kDay);
+  const std::string recent =
+      make("k-recent", SagaStatus::kCompleted, absl::Hours(1), absl::Minutes(30));
+  // Created long ago but ended within the retention: kept, the age counts from the end.
+  const std::string ended_lately =
+      make("k-lately", SagaStatus::kCompleted, 3 * kDay, absl::Hours(2));
+  ASSERT_EQ(event_rows(completed), 4);
+
+  ASSERT_OK_AND_ASSIGN(PurgeResult purged, store_->PurgeFinished(kDay, 1000));
+  EXPECT_EQ(purged.sagas, 2);
+  EXPECT_EQ(purged.events, 8);
+  EXPECT_EQ(store_->sagas_purged(), 2);
+  for (const std::string& id : {completed, compensated}) {
+    EXPECT_EQ(store_->GetSaga(id).status().code(), absl::StatusCode::kNotFound) << id;
+    EXPECT_EQ(store_->ReadEvents(id, 0).status().code(), absl::StatusCode::kNotFound) << id;
+    EXPECT_EQ(event_rows(id), 0) << id;
+  }
+  for (const std::string& id : {failed, running, recent, ended_lately}) {
+    ASSERT_OK_AND_ASSIGN(SagaRow row, store_->GetSaga(id));
+    EXPECT_EQ(event_rows(id), row.status == SagaStatus::kRunning ? 3 : 4) << id;
+  }
+  // Nothing more is old enough.
+  ASSERT_OK_AND_ASSIGN(PurgeResult again, store_->PurgeFinished(kDay, 1000));
+  EXPECT_EQ(again.sagas, 0);
+  EXPECT_EQ(again.events, 0);
+
+  // The deleted saga's idempotency key starts a new saga; a kept one still finds its saga.
+  NewSaga reuse = MakeNewSaga("a", absl::Hours(1), "k-completed");
+  const std::string reuse_id = reuse.id;
+  ASSERT_OK_AND_ASSIGN(StartResult reused, Start(std::move(reuse)));
+  EXPECT_TRUE(reused.created);
+  EXPECT_EQ(reused.saga_id, reuse_id);
+  NewSaga keep = MakeNewSaga("a", absl::Hours(1), "k-failed");
+  ASSERT_OK_AND_ASSIGN(StartResult kept, Start(std::move(keep)));
+  EXPECT_FALSE(kept.created);
+  EXPECT_EQ(kept.saga_id, failed);
+
+  // A shorter age takes the ones that ended lately too; FAILED and RUNNING never go.
+  ASSERT_OK_AND_ASSIGN(PurgeResult shorter, store_->PurgeFinished(absl::Minutes(10), 1000));
+  EXPECT_EQ(shorter.sagas, 2);
+  EXPECT_OK(store_->GetSaga(failed).status());
+  EXPECT_OK(store_->GetSaga(running).status());
+  EXPECT_OK(store_->GetSaga(reuse_id).status());  // still running, and new
+}
+
+TEST_F(PgStoreTest, PurgeFinishedTakesAtMostLimitPerCall) {
+  for (int i = 0; i < 5; ++i) {
+    NewSaga saga = MakeNewSaga("a", absl::Hours(1));
+    const std::string id = saga.id;
+    ASSERT_OK(Start(std::move(saga)).status());
+    Transition end = MakeTransition(id, "a", 1, {MakeEvent(2, EventType::kSagaCompleted)});
+    end.status = SagaStatus::kCompleted;
+    end.release = true;
+    ASSERT_OK(CommitSync(end));
+  }
+  // Age zero: every saga that has ended (before this statement's start) goes.
+  std::vector<int64_t> batches;
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_OK_AND_ASSIGN(PurgeResult r, store_->PurgeFinished(absl::ZeroDuration(), 2));
+    batches.push_back(r.sagas);
+  }
+  EXPECT_THAT(batches, ElementsAre(2, 2, 1, 0));
+
+  EXPECT_EQ(store_->PurgeFinished(-absl::Seconds(1), 10).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->PurgeFinished(absl::Hours(1), 0).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -324,6 +324,31 @@ inline constexpr Statement kRequestRetry{
     " RETURNING" SAGA_PG_SAGA_COLUMNS};
 
 // ---------------------------------------------------------------------------------------------
+// Retention.
+
+// Deletes up to $2 sagas that ended COMPLETED or COMPENSATED more than $1 microseconds ago
+// (updated_at: a saga's last write is its end), with their events. FAILED sagas are kept:
+// they wait for an operator. The scan is a range of sagas_status_created_idx (a saga ended
+// after it was created, so its created_at is older still); SKIP LOCKED passes over rows that
+// another replica is deleting at the same moment. Returns the numbers of sagas and of events
+// deleted.
+inline constexpr Statement kPurgeFinished{
+    "purge_finished",
+    "WITH doomed AS MATERIALIZED ("
+    "  SELECT s.id FROM sagas s"
+    "  WHERE s.status IN ('COMPLETED', 'COMPENSATED')"
+    "    AND s.created_at < now() - $1::bigint * interval '1 microsecond'"
+    "    AND s.updated_at < now() - $1::bigint * interval '1 microsecond'"
+    "  LIMIT $2::int"
+    "  FOR UPDATE SKIP LOCKED"
+    "), gone_events AS ("
+    "  DELETE FROM saga_events e USING doomed d WHERE e.saga_id = d.id RETURNING 1"
+    "), gone AS ("
+    "  DELETE FROM sagas s USING doomed d WHERE s.id = d.id RETURNING 1"
+    ")"
+    " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM gone_events)"};
+
+// ---------------------------------------------------------------------------------------------
 // Reads.
 
 inline constexpr Statement kGetSaga{"get_saga",
@@ -386,6 +411,7 @@ inline constexpr Statement kPreparedStatements[] = {
     kNotifyWake,
     kRequestAbort,
     kRequestRetry,
+    kPurgeFinished,
     kGetSaga,
     kSagaExists,
     kReadEvents,
