@@ -246,7 +246,10 @@ if [[ "$PRELOAD" -gt 0 ]]; then
   log "preloading $PRELOAD finished sagas"
   started=$SECONDS
   # Ids are time-ordered UUIDs (version 7) of each saga's creation time, as sagad makes them.
+  # One transaction for the rows: sagad is already running, and its purge (--retention) must
+  # never see a finished saga whose events are not in yet.
   psql -XAq -v ON_ERROR_STOP=1 -v n="$PRELOAD" <<'SQL' || { log "preload failed"; exit 1; }
+BEGIN;
 CREATE TEMP TABLE preload AS
   SELECT i, t, (lpad(to_hex((extract(epoch FROM t) * 1000)::bigint), 12, '0') || '7' ||
                 substr(md5(i::text), 1, 3) || '8' || substr(md5(i::text), 4, 15))::uuid AS id
@@ -269,6 +272,7 @@ INSERT INTO saga_events (saga_id, seq, type, step, attempt, detail, recorded_at)
        (VALUES (1, 1, -1, 0), (2, 2, 0, 1), (3, 3, 0, 1), (4, 2, 1, 1), (5, 3, 1, 1),
                (6, 2, 2, 1), (7, 3, 2, 1), (8, 12, -1, 0)) AS e(seq, type, step, attempt)
   ORDER BY p.i, e.seq;
+COMMIT;
 VACUUM ANALYZE sagas;
 VACUUM ANALYZE saga_events;
 CHECKPOINT;

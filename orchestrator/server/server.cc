@@ -213,11 +213,10 @@ void Server::HealthLoop() {
 }
 
 void Server::PurgeLoop(absl::Duration retention, absl::Duration interval) {
-  // A round deletes in batches until a batch comes back short, but at most kMaxBatches of
-  // them, so that a large backlog (a first start with a short retention) is worked off over
+  // A round deletes batches until one comes back short or a quarter of the interval has
+  // passed, so that a large backlog (a first start with a short retention) is worked off over
   // several rounds instead of in one long burst of deletes.
   constexpr int kBatch = 1000;
-  constexpr int kMaxBatches = 20;
   common::FailureLog failure_log(absl::Minutes(10));
   absl::Time next = absl::Now() + interval;
   while (!stop_.load()) {
@@ -226,9 +225,10 @@ void Server::PurgeLoop(absl::Duration retention, absl::Duration interval) {
     if (stop_.load()) break;
     if (absl::Now() < next) continue;
     next = absl::Now() + interval;
+    const absl::Time round_end = absl::Now() + interval / 4;
     store::PurgeResult round;
     absl::Status status;
-    for (int i = 0; i < kMaxBatches && !stop_.load(); ++i) {
+    while (!stop_.load()) {
       absl::StatusOr<store::PurgeResult> batch = store_->PurgeFinished(retention, kBatch);
       if (!batch.ok()) {
         status = batch.status();
@@ -236,7 +236,7 @@ void Server::PurgeLoop(absl::Duration retention, absl::Duration interval) {
       }
       round.sagas += batch->sagas;
       round.events += batch->events;
-      if (batch->sagas < kBatch) break;
+      if (batch->sagas < kBatch || absl::Now() >= round_end) break;
     }
     if (round.sagas > 0) {
       spdlog::info("deleted {} saga(s) that ended more than {} ago, and their {} event(s)",
