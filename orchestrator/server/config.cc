@@ -186,45 +186,33 @@ std::vector<Setting> MakeSettings() {
                      return absl::OkStatus();
                    },
                .show = [](const DaemonConfig& c) { return Quote(c.server.owner_id); }});
+  // A duration in [lo, hi], in the Server group.
+  auto duration_setting = [](std::string name, std::string env, std::string help, std::string def,
+                             absl::Duration lo, absl::Duration hi, absl::Duration Config::*field) {
+    return Setting{.name = name,
+                   .env = env,
+                   .group = "Server",
+                   .help = help,
+                   .default_text = def,
+                   .apply =
+                       [lo, hi, field](const std::vector<std::string>& v, DaemonConfig* c) {
+                         return ParseDurationValue(Last(v), lo, hi, &(c->server.*field));
+                       },
+                   .show =
+                       [field](const DaemonConfig& c) {
+                         return Quote(absl::FormatDuration(c.server.*field));
+                       }};
+  };
   s.push_back(
-      {.name = "lease",
-       .env = "SAGA_LEASE",
-       .group = "Server",
-       .help = "how long a replica owns a saga without renewing (renewed every third)",
-       .default_text = "10s",
-       .apply =
-           [kHour](const std::vector<std::string>& v, DaemonConfig* c) {
-             return ParseDurationValue(Last(v), absl::Milliseconds(100), kHour, &c->server.lease);
-           },
-       .show = [](const DaemonConfig& c) { return Quote(absl::FormatDuration(c.server.lease)); }});
-  s.push_back({.name = "poll-interval",
-               .env = "SAGA_POLL_INTERVAL",
-               .group = "Server",
-               .help = "how often due sagas are looked for",
-               .default_text = "1s",
-               .apply =
-                   [kHour](const std::vector<std::string>& v, DaemonConfig* c) {
-                     return ParseDurationValue(Last(v), absl::Milliseconds(10), kHour,
-                                               &c->server.poll_interval);
-                   },
-               .show =
-                   [](const DaemonConfig& c) {
-                     return Quote(absl::FormatDuration(c.server.poll_interval));
-                   }});
-  s.push_back({.name = "drain-timeout",
-               .env = "SAGA_DRAIN_TIMEOUT",
-               .group = "Server",
-               .help = "how long SIGTERM waits for calls in flight before exiting",
-               .default_text = "20s",
-               .apply =
-                   [kHour](const std::vector<std::string>& v, DaemonConfig* c) {
-                     return ParseDurationValue(Last(v), absl::ZeroDuration(), kHour,
-                                               &c->server.drain_timeout);
-                   },
-               .show =
-                   [](const DaemonConfig& c) {
-                     return Quote(absl::FormatDuration(c.server.drain_timeout));
-                   }});
+      duration_setting("lease", "SAGA_LEASE",
+                       "how long a replica owns a saga without renewing (renewed every third)",
+                       "10s", absl::Milliseconds(100), kHour, &Config::lease));
+  s.push_back(duration_setting("poll-interval", "SAGA_POLL_INTERVAL",
+                               "how often due sagas are looked for", "1s", absl::Milliseconds(10),
+                               kHour, &Config::poll_interval));
+  s.push_back(duration_setting("drain-timeout", "SAGA_DRAIN_TIMEOUT",
+                               "how long SIGTERM waits for calls in flight before exiting", "20s",
+                               absl::ZeroDuration(), kHour, &Config::drain_timeout));
   s.push_back(
       {.name = "retention",
        .env = "SAGA_RETENTION",
@@ -247,20 +235,9 @@ std::vector<Setting> MakeSettings() {
            },
        .show =
            [](const DaemonConfig& c) { return Quote(absl::FormatDuration(c.server.retention)); }});
-  s.push_back({.name = "purge-interval",
-               .env = "SAGA_PURGE_INTERVAL",
-               .group = "Server",
-               .help = "how often sagas past the retention are looked for and deleted",
-               .default_text = "1m",
-               .apply =
-                   [kHour](const std::vector<std::string>& v, DaemonConfig* c) {
-                     return ParseDurationValue(Last(v), absl::Milliseconds(100), kHour,
-                                               &c->server.purge_interval);
-                   },
-               .show =
-                   [](const DaemonConfig& c) {
-                     return Quote(absl::FormatDuration(c.server.purge_interval));
-                   }});
+  s.push_back(duration_setting("purge-interval", "SAGA_PURGE_INTERVAL",
+                               "how often sagas past the retention are looked for and deleted",
+                               "1m", absl::Milliseconds(100), kHour, &Config::purge_interval));
   auto int_setting = [](std::string name, std::string env, std::string help, int def, int lo,
                         int hi, int Config::*field) {
     return Setting{
