@@ -198,11 +198,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   return s;
 }
 
+bool Server::SleepUnlessStopped(absl::Duration d) {
+  const absl::Time until = absl::Now() + d;
+  for (absl::Time now = absl::Now(); now < until && !stop_.load(); now = absl::Now()) {
+    absl::SleepFor(std::min(absl::Milliseconds(100), until - now));
+  }
+  return !stop_.load();
+}
+
 void Server::HealthLoop() {
   bool healthy = true;
-  while (!stop_.load()) {
-    for (int i = 0; i < 10 && !stop_.load(); ++i) absl::SleepFor(absl::Milliseconds(100));
-    if (stop_.load()) break;
+  while (SleepUnlessStopped(absl::Seconds(1))) {
     const bool ok = store_->Ping().ok();
     if (ok != healthy) {
       healthy = ok;
@@ -218,13 +224,7 @@ void Server::PurgeLoop(absl::Duration retention, absl::Duration interval) {
   // several rounds instead of in one long burst of deletes.
   constexpr int kBatch = 1000;
   common::FailureLog failure_log(absl::Minutes(10));
-  absl::Time next = absl::Now() + interval;
-  while (!stop_.load()) {
-    absl::SleepFor(
-        std::min(absl::Milliseconds(100), std::max(next - absl::Now(), absl::ZeroDuration())));
-    if (stop_.load()) break;
-    if (absl::Now() < next) continue;
-    next = absl::Now() + interval;
+  while (SleepUnlessStopped(interval)) {
     const absl::Time round_end = absl::Now() + interval / 4;
     store::PurgeResult round;
     absl::Status status;

@@ -110,6 +110,8 @@ class Server {
 
  private:
   Server() = default;
+  // Sleeps `d` in slices of at most 100 ms; false as soon as stop_ is set.
+  bool SleepUnlessStopped(absl::Duration d);
   void HealthLoop();
   // Deletes finished sagas past the retention, every purge_interval, until stop_.
   void PurgeLoop(absl::Duration retention, absl::Duration interval);
